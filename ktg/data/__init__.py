@@ -1,0 +1,116 @@
+"""Datasets for ktg: a registry of builders plus the public loading API.
+
+Like torchvision's model registry, each dataset is one builder function
+registered under its name with ``@register_dataset``; ``load_dataset`` looks
+the name up, lets the builder read the files, then applies the steps every
+dataset shares (class subset, seeded validation split, statistics).
+
+Datasets are never downloaded: builders read what is on disk or raise a
+``KtgError`` that says where they looked and what they expected.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ktg.data.loader import DeviceBatches
+from ktg.data.splits import Augment, ImageData, RawSplits, check_val_fraction, finalize
+from ktg.errors import allowed
+
+__all__ = [
+    "Augment",
+    "DeviceBatches",
+    "ImageData",
+    "RawSplits",
+    "dataset_names",
+    "load_dataset",
+    "parse_classes",
+    "register_dataset",
+]
+
+# A builder reads one dataset: (data_dir, image_size) -> full train/test splits.
+DatasetBuilder = Callable[[Path | None, int | None], RawSplits]
+
+_BUILDERS: dict[str, DatasetBuilder] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator registering ``fn`` as the builder of dataset ``name``."""
+
+    def register(fn: DatasetBuilder) -> DatasetBuilder:
+        if name in _BUILDERS:  # a programming error, not a user error
+            raise ValueError(f"dataset {name!r} is registered twice")
+        _BUILDERS[name] = fn
+        return fn
+
+    return register
+
+
+def dataset_names() -> list[str]:
+    """Registered dataset names, in registration order."""
+    return list(_BUILDERS)
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    classes: Sequence[int] | None = None,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
+    image_size: int | None = None,
+) -> ImageData:
+    """Load dataset ``name`` into CPU uint8 tensors.
+
+    classes: keep only these original class ids, relabelled 0..k-1 in this order.
+    val_fraction: share of the (kept) training set held out for validation,
+        chosen by ``split_seed`` alone.
+    image_size: resize target for imagefolder (default 32); fixed-size datasets
+        only accept their own size.
+    """
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise allowed("dataset", name, ", ".join(dataset_names()))
+    # Cheap argument checks first: reading tinyimagenet takes a while.
+    fraction = check_val_fraction(val_fraction)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+        raise allowed("split_seed", split_seed, "an integer")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise allowed("image_size", image_size, "a positive integer or None")
+    root = None if data_dir is None else Path(data_dir).expanduser()
+    raw = builder(root, image_size)
+    return finalize(raw, classes=classes, val_fraction=fraction, split_seed=split_seed)
+
+
+_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
+_CLASSES_HELP = "comma-separated class ids or ranges, e.g. '0-49', '1,3,5', '0-4,10'"
+# Guards against "0-99999999999" building a huge list; far above any dataset here.
+_MAX_CLASS_ID = 1_000_000
+
+
+def parse_classes(text: str) -> list[int]:
+    """Parse a class selection like "0-4,10" into sorted unique ids."""
+    ids: set[int] = set()
+    items = text.split(",") if isinstance(text, str) else []
+    for item in items:
+        match = _ITEM.match(item.strip())
+        if match is None:
+            raise allowed("classes", text, _CLASSES_HELP)
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        if hi < lo or hi > _MAX_CLASS_ID:
+            raise allowed("classes", text, _CLASSES_HELP + f" (ranges low-high with low <= high <= {_MAX_CLASS_ID})")
+        ids.update(range(lo, hi + 1))
+    if not ids:
+        raise allowed("classes", text, _CLASSES_HELP)
+    return sorted(ids)
+
+
+# Importing the builder modules registers their datasets (this order is the
+# order of dataset_names()). They import register_dataset from this module, so
+# they are imported here, after its definition, rather than at the top.
+for _module in ("cifar", "folders", "bundled"):
+    importlib.import_module(f"ktg.data.{_module}")

@@ -1,0 +1,149 @@
+"""Per-sample edge losses ``l_{s,t}(n)`` and the gates ``G`` that weight them.
+
+Every function here returns one value per sample (shape ``(N,)``) so that the
+gates can act per sample; the trainer takes the mean. All of it stays on the
+device with no data-dependent host sync (variable tuple and class counts are
+handled with masks, not Python loops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def ce_loss(logits_t: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of the target against the label (= KL(one-hot || p_t))."""
+    return F.cross_entropy(logits_t.float(), labels, reduction="none")
+
+
+def kl_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(z_s/T) || softmax(z_t/T))`` per sample.
+
+    The T^2 keeps gradient magnitudes comparable across temperatures (Hinton et al.).
+    """
+    log_p_s = F.log_softmax(logits_s.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(logits_t.float() / temperature, dim=1)
+    return temperature**2 * (log_p_s.exp() * (log_p_s - log_p_t)).sum(dim=1)
+
+
+def _masked_kl(log_p: Tensor, log_q: Tensor, mask: Tensor) -> Tensor:
+    """KL(p || q) summed over the last dim where ``mask``.
+
+    Masked entries are replaced by 0 *before* any arithmetic: -inf - -inf would
+    be NaN there, and a NaN in an unselected branch still poisons the gradient.
+    """
+    zero = torch.zeros_like(log_p)
+    log_p, log_q = torch.where(mask, log_p, zero), torch.where(mask, log_q, zero)
+    return torch.where(mask, log_p.exp() * (log_p - log_q), zero).sum(dim=-1)
+
+
+def _masked_log_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """log-softmax over the entries where ``mask`` (each row needs one)."""
+    return F.log_softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def _distances(emb: Tensor) -> Tensor:
+    """Euclidean distances between L2-normalised embeddings, (N, N).
+
+    Expanded as sqrt(2 - 2 cos) and clamped, because cdist's backward is NaN at
+    zero distance (the diagonal).
+    """
+    z = F.normalize(emb.float(), dim=1)
+    return (2 - 2 * z @ z.T).clamp_min(1e-12).sqrt()
+
+
+# -- REFILLED comparison matching (cm) ----------------------------------------
+
+def cm_loss(emb_s: Tensor, emb_t: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """Comparison matching on semi-hard tuples mined with the target's embedding.
+
+    A tuple is (anchor a, positive p of a's class, every impostor n of another
+    class with d_t(a, n) > d_t(a, p)); tuples with no impostor carry no
+    comparison and are skipped. For node u the tuple's distribution is
+    softmax([-d_u(a,p), -d_u(a,n_1), ...] / tau_u) with tau_source = T and
+    tau_target = 1; the loss is KL(p_source || p_target), averaged over the
+    tuples each sample anchors (0 if none).
+    """
+    n = labels.shape[0]
+    d_s, d_t = _distances(emb_s), _distances(emb_t)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=labels.device)
+    positive = same & ~eye                                          # (a, p)
+    # impostor[a, p, m]: m is of another class and farther from a than p (target's view).
+    impostor = (~same)[:, None, :] & (d_t[:, None, :] > d_t[:, :, None].detach())
+    tuple_ok = positive & impostor.any(dim=2)                       # (a, p)
+    # Candidate set of tuple (a, p): p itself plus its impostors, as a mask over m.
+    members = impostor | (eye[None, :, :] & positive[:, :, None])   # (a, p, m)
+    # Rows of non-tuples get a dummy full mask so their (discarded) softmax stays finite.
+    members = members | ~tuple_ok[:, :, None]
+    scores_s = (-d_s)[:, None, :].expand(n, n, n) / temperature
+    scores_t = (-d_t)[:, None, :].expand(n, n, n)
+    kl = _masked_kl(_masked_log_softmax(scores_s, members), _masked_log_softmax(scores_t, members), members)
+    kl = torch.where(tuple_ok, kl, torch.zeros_like(kl))
+    count = tuple_ok.sum(dim=1)
+    return kl.sum(dim=1) / count.clamp_min(1)
+
+
+# -- REFILLED local knowledge distillation (lkd) ------------------------------
+
+@dataclass(frozen=True)
+class LocalPosterior:
+    """The source's nearest-centre view of a batch, over the classes present in it."""
+
+    log_q: Tensor       # (N, C) log posterior, -inf outside the batch's classes
+    present: Tensor     # (C,) bool: class k occurs in the batch
+    prediction: Tensor  # (N,) the source's local nearest-centre class
+
+
+def local_posterior(emb_s: Tensor, labels: Tensor, num_classes: int, temperature: float) -> LocalPosterior:
+    """``q_n = softmax_k(phi_s(x_n) . c_k / |c_k| / tau)`` over the classes k in the batch.
+
+    phi_s is L2-normalised (as for ``cm``), so the score is the cosine similarity
+    of REFILLED's embedding-induced classifier (TPAMI Eq. 7).
+    """
+    phi = F.normalize(emb_s.float(), dim=1)
+    one_hot = F.one_hot(labels, num_classes).float()                # (N, C)
+    counts = one_hot.sum(dim=0)
+    present = counts > 0
+    centres = (one_hot.T @ phi) / counts.clamp_min(1)[:, None]      # (C, D)
+    scores = phi @ F.normalize(centres, dim=1).T / temperature      # (N, C)
+    mask = present[None, :].expand_as(scores)
+    log_q = _masked_log_softmax(scores, mask)
+    return LocalPosterior(log_q, present, log_q.argmax(dim=1))
+
+
+def lkd_loss(local: LocalPosterior, logits_t: Tensor, temperature: float) -> Tensor:
+    """``lambda_n * KL(q_n || r_n)`` with ``r_n = softmax_{k in S}(z_t[k] / tau)``.
+
+    lambda_n = 2 * sigmoid(-CE(q_n, argmax q_n)) (TPAMI Eq. 9), detached: it
+    weights samples the source is confident about, it is not trained.
+    """
+    mask = local.present[None, :].expand_as(local.log_q)
+    log_r = _masked_log_softmax(logits_t.float() / temperature, mask)
+    confidence = local.log_q.max(dim=1).values                      # = -CE(q_n, argmax q_n)
+    instance_weight = 2 * torch.sigmoid(confidence).detach()
+    return instance_weight * _masked_kl(local.log_q, log_r, mask)
+
+
+# -- gates ---------------------------------------------------------------------
+
+def gate(values: Tensor, kind: str, *, progress: float, correct: Tensor | None) -> Tensor:
+    """Apply gate ``kind`` per sample.
+
+    ``progress`` is k / k_end (iterations done over the run's total) for the
+    linear gate; ``correct`` is the source's top-1 == label mask for the correct
+    gate (None on a label edge, where 'correct' equals 'through').
+    """
+    if kind == "through":
+        return values
+    if kind == "cutoff":
+        return torch.zeros_like(values)
+    if kind == "linear":
+        return values * progress
+    if kind == "correct":
+        return values if correct is None else torch.where(correct, values, torch.zeros_like(values))
+    raise ValueError(f"unknown gate {kind!r}")

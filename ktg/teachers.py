@@ -1,0 +1,102 @@
+"""Pre-trained teachers: trained once on labels alone, cached, shared.
+
+A frozen node with no ``checkpoint`` is first trained on labels alone (KTG
+Sec. 3.4). That is as costly as a whole run, so the result is cached under a
+key made of everything that determines it (model, data, recipe, seed), and a
+file lock makes sure two processes (two search trials, say) never train the
+same teacher at once: the second waits and then reads the first's file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ktg.data.spec import DataSpec
+from ktg.device import Accel
+from ktg.graph import Graph, Node
+from ktg.models import classifier_rows
+
+if TYPE_CHECKING:
+    from ktg.data import ImageData
+    from ktg.trainer import Recipe
+
+CACHE_ENV = "KTG_CACHE_DIR"
+KEY_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ktg" / "teachers")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class TeacherCache:
+    """Where pre-trained teachers of runs on ``run`` data live."""
+
+    def __init__(self, run: DataSpec, root: str | Path | None = None, *, quiet: bool = False) -> None:
+        self.run = run
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.quiet = quiet
+        self.trained: list[Path] = []  # files this instance had to train (the rest were cache hits)
+
+    def key(self, node: Node, recipe: Recipe, seed: int) -> tuple[DataSpec, str]:
+        pre = node.pretrain
+        spec = self.run.for_teacher(pre.dataset if pre else None, pre.classes if pre else None)
+        identity = {"v": KEY_VERSION, "model": node.model, "data": spec.key(),
+                    "recipe": asdict(recipe), "seed": seed}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+        return spec, f"{node.model}-{spec.name}-{digest}"
+
+    def pretrained(self, node: Node, run_data: ImageData, *, recipe: Recipe, seed: int,
+                   accel: Accel) -> tuple[dict[str, Tensor], int]:
+        """The teacher's state_dict and class count, training it first if needed."""
+        spec, key = self.key(node, recipe, seed)
+        path = self.root / f"{key}.pt"
+        with _locked(self.root / f"{key}.lock"):
+            if not path.exists():
+                data = run_data if spec == self.run else spec.load()
+                self._train(node, data, recipe, seed, accel, path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        classes = spec.classes
+        return state, len(classes) if classes is not None else classifier_rows(state)
+
+    def _train(self, node: Node, data: ImageData, recipe: Recipe, seed: int, accel: Accel,
+               path: Path) -> None:
+        from ktg.trainer import train_graph
+
+        if not self.quiet:
+            print(f"ktg: pre-training teacher {node.model} on {data.name} "
+                  f"({recipe.epochs} epochs, labels only); cached at {path}")
+        alone = Graph.from_dict({
+            "format": "ktg-graph/1",
+            "nodes": [{"id": 1, "model": node.model}],
+            "edges": [{"source": 0, "target": 1, "loss": "ce", "gate": "through"}],
+        })
+        result = train_graph(alone, data, recipe=recipe, seed=seed, accel=accel, teachers=self)
+        tmp = path.with_suffix(".tmp")
+        torch.save(result.state_dicts()[1], tmp)
+        sidecar = {"model": node.model, "dataset": data.name, "test_acc": result.nodes[1].test_acc,
+                   "epochs": recipe.epochs, "seed": seed}
+        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        os.replace(tmp, path)  # atomic: a reader never sees a half-written file
+        self.trained.append(path)
