@@ -26,13 +26,13 @@ __all__ = ["edge_label", "render_svg", "write_svg"]
 
 Point = tuple[float, float]
 
-NODE_RADIUS = 40.0
+NODE_RADIUS = 42.0
 # Frozen nodes get a second, outer ring this far out; edges stop at the outer ring.
 FROZEN_RING = 5.0
 # Centre-to-centre distance from the Label node to the nearest point of the ring.
 LABEL_GAP = 210.0
 # Distance between the apexes of two curves joining the same pair of nodes.
-PARALLEL_SPACING = 34.0
+PARALLEL_SPACING = 46.0
 ARROW_SIZE = 10.0
 MARGIN = 24.0
 
@@ -84,7 +84,7 @@ def edge_label(edge: Edge) -> str:
 
 
 def _shorten(text: str, limit: int) -> str:
-    """Cut the middle out of long text: file names differ at their ends."""
+    """Cut the middle out of long text, keeping both ends, where values tend to differ."""
     if len(text) <= limit:
         return text
     head = (limit - 1) // 2
@@ -95,8 +95,10 @@ def _frozen_details(node: Node) -> list[str]:
     """What a frozen teacher is: its checkpoint file and/or what it was trained on."""
     lines = []
     if node.checkpoint:
-        name = node.checkpoint.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-        lines.append(_shorten(name or node.checkpoint, 24))
+        # The end of the path says most: `ktg train` names every checkpoint node<id>.pt,
+        # so the folder just above it is what tells two teachers apart.
+        path = node.checkpoint.replace("\\", "/")
+        lines.append(path if len(path) <= 26 else "…" + path[-25:])
     if node.pretrain is not None:
         parts = []
         if node.pretrain.dataset is not None:
@@ -126,6 +128,7 @@ def _meta_items(meta: dict[str, object]) -> list[str]:
 
 
 def _wrap(items: Sequence[str], width: int, sep: str = "  ·  ") -> list[str]:
+    """Join items into lines of at most ``width`` characters (SVG text does not wrap)."""
     lines: list[str] = []
     for item in items:
         if lines and len(lines[-1]) + len(sep) + len(item) <= width:
@@ -221,8 +224,17 @@ class _Route:
         return _bezier(self.start, self.control, self.end, t)
 
     def path(self) -> str:
+        """The curve as SVG path data, written as the equal cubic Bézier.
+
+        A quadratic ``Q`` would be the same curve, but some renderers (cairosvg
+        2.x) orient ``marker-end`` wrongly on leftward ``Q`` segments and hide the
+        arrowhead inside the target node; ``C`` is drawn correctly everywhere.
+        """
         (x0, y0), (cx, cy), (x1, y1) = self.start, self.control, self.end
-        return f"M{x0:.1f},{y0:.1f} Q{cx:.1f},{cy:.1f} {x1:.1f},{y1:.1f}"
+        c1 = (x0 + 2 / 3 * (cx - x0), y0 + 2 / 3 * (cy - y0))
+        c2 = (x1 + 2 / 3 * (cx - x1), y1 + 2 / 3 * (cy - y1))
+        return (f"M{x0:.1f},{y0:.1f} C{c1[0]:.1f},{c1[1]:.1f} "
+                f"{c2[0]:.1f},{c2[1]:.1f} {x1:.1f},{y1:.1f}")
 
 
 def _control(a: Point, b: Point, apex_offset: float) -> Point:
@@ -249,8 +261,10 @@ def _route_edges(graph: Graph, pos: dict[int, Point]) -> list[_Route]:
 
     All edges joining a pair (both directions, several losses) share one frame,
     oriented from the lower to the higher id, so s->t and t->s get opposite sides
-    and never coincide. The whole fan is bent away from any third node it would
-    cross, trying offsets of growing size and keeping the first that clears.
+    and never coincide. Each fan then takes the bend that is cheapest: crossing a
+    third node is ruled out, running alongside curves already drawn (where two
+    lines would merge into one) costs, and so does bending at all. Fans that can
+    stay straight are laid first, so the others bend around them.
     """
     groups: dict[tuple[int, int], list[Edge]] = {}
     loss_rank = {loss: i for i, loss in enumerate(LOSSES)}
@@ -259,64 +273,82 @@ def _route_edges(graph: Graph, pos: dict[int, Point]) -> list[_Route]:
     for e in drawn:
         groups.setdefault((min(e.source, e.target), max(e.source, e.target)), []).append(e)
 
+    ts = [i / 20 for i in range(1, 20)]
+    cell = 8.0
+    occupied: set[tuple[int, int]] = set()  # grid cells that drawn curves pass through
+
+    def spread_of(edges: list[Edge]) -> list[float]:
+        return [(j - (len(edges) - 1) / 2) * PARALLEL_SPACING for j in range(len(edges))]
+
+    def fan_points(pair: tuple[int, int], base: float) -> list[tuple[float, Point]]:
+        a, b = pos[pair[0]], pos[pair[1]]
+        return [(t, _bezier(a, _control(a, b, base + offset), b, t))
+                for offset in spread_of(groups[pair]) for t in ts]
+
+    def clearance(pair: tuple[int, int], base: float) -> float:
+        others = [(pos[n], _radius(graph, n) + 12) for n in pos if n not in pair]
+        return min((math.hypot(x - ox, y - oy) - keep
+                    for _, (x, y) in fan_points(pair, base) for (ox, oy), keep in others),
+                   default=math.inf)
+
+    def crowding(pair: tuple[int, int], base: float) -> int:
+        # Ends are left out: every curve into a node converges there anyway.
+        return sum((round(x / cell), round(y / cell)) in occupied
+                   for t, (x, y) in fan_points(pair, base) if 0.15 < t < 0.85)
+
+    def cost(pair: tuple[int, int], base: float) -> float:
+        blocked = max(0.0, -clearance(pair, base))
+        return 1e4 * blocked + abs(base) + 4 * crowding(pair, base)
+
+    candidates = [0.0] + [s * k * 20.0 for k in range(1, 9) for s in (1, -1)]
+    order = sorted(groups, key=lambda pair: (clearance(pair, 0.0) < 0, pair))
+    bases: dict[tuple[int, int], float] = {}
+    for pair in order:
+        bases[pair] = min(candidates, key=lambda base, pair=pair: cost(pair, base))
+        for _, (x, y) in fan_points(pair, bases[pair]):
+            cx, cy = round(x / cell), round(y / cell)
+            occupied.update((cx + i, cy + j) for i in (-1, 0, 1) for j in (-1, 0, 1))
+
     routes: list[_Route] = []
-    samples = [i / 20 for i in range(1, 20)]
-    for (low, high), edges in sorted(groups.items()):
-        a, b = pos[low], pos[high]
-        others = [(pos[n], _radius(graph, n) + 12) for n in pos if n not in (low, high)]
-        spread = [(j - (len(edges) - 1) / 2) * PARALLEL_SPACING for j in range(len(edges))]
-
-        def clearance(base: float, a: Point = a, b: Point = b,
-                      spread: list[float] = spread,
-                      others: list[tuple[Point, float]] = others) -> float:
-            worst = math.inf
-            for offset in spread:
-                c = _control(a, b, base + offset)
-                for t in samples:
-                    x, y = _bezier(a, c, b, t)
-                    for (ox, oy), keep in others:
-                        worst = min(worst, math.hypot(x - ox, y - oy) - keep)
-            return worst
-
-        candidates = [0.0] + [s * k * 30.0 for k in range(1, 9) for s in (1, -1)]
-        base = next((c for c in candidates if clearance(c) >= 0), None)
-        if base is None:
-            base = max(candidates, key=clearance)
-        for e, offset in zip(edges, spread, strict=True):
-            c = _control(a, b, base + offset)
-            src, dst = pos[e.source], pos[e.target]
-            start = _toward(src, c, _radius(graph, e.source))
-            end = _toward(dst, c, _radius(graph, e.target) + 1.5)
+    for pair, edges in sorted(groups.items()):
+        a, b = pos[pair[0]], pos[pair[1]]
+        for e, offset in zip(edges, spread_of(edges), strict=True):
+            c = _control(a, b, bases[pair] + offset)
+            start = _toward(pos[e.source], c, _radius(graph, e.source))
+            end = _toward(pos[e.target], c, _radius(graph, e.target) + 1.5)
             routes.append(_Route(e, start, c, end))
     return routes
 
 
 def _place_labels(routes: Sequence[_Route], obstacles: Iterable[_Box]) -> list[_Box]:
-    """A box on each curve for its label, avoiding nodes and the labels placed before.
+    """A box on each curve for its label, clear of nodes and of the labels placed before.
 
-    Greedy and deterministic: slide along the curve (middle first), then step to
-    either side of it; take the first spot that touches nothing, else the one
-    that overlaps least.
+    Greedy and deterministic. Candidates slide along the curve and step to either
+    side of it; each costs its overlap with nodes and earlier labels (heavily),
+    the other curves it would cover (a label over a crossing line is hard to
+    read), and its distance from the middle of its own curve (to keep it
+    recognisably on that curve). The cheapest wins; ties go to the earlier one.
     """
     taken = list(obstacles)
     ts = [0.5, 0.42, 0.58, 0.34, 0.66, 0.27, 0.73, 0.2, 0.8]
-    shifts = [0.0, 9.0, -9.0, 18.0, -18.0]
+    shifts = [0.0, 8.0, -8.0, 16.0, -16.0]
+    samples = [[r.at(i / 40) for i in range(41)] for r in routes]
     placed = []
-    for route in routes:
+    for k, route in enumerate(routes):
         width = _text_width(edge_label(route.edge), LABEL_FONT, MONO_ADVANCE) + 6
         height = LABEL_FONT + 4
+        others = [p for j, points in enumerate(samples) if j != k for p in points]
         best: tuple[float, _Box] | None = None
         for shift in shifts:
             for t in ts:
                 x, y = route.at(t)
                 box = _Box.around((x, y + shift), width, height)
-                cost = sum(box.overlap(other) for other in taken)
+                cost = 10 * sum(box.overlap(other) for other in taken)
+                cost += 25 * sum(box.x0 <= px <= box.x1 and box.y0 <= py <= box.y1
+                                 for px, py in others)
+                cost += 60 * abs(t - 0.5) + abs(shift)
                 if best is None or cost < best[0]:
                     best = (cost, box)
-                if cost == 0:
-                    break
-            if best is not None and best[0] == 0:
-                break
         assert best is not None
         placed.append(best[1])
         taken.append(best[1])
@@ -384,14 +416,13 @@ def _draw_node(graph: Graph, node: Node, centre: Point, caption: tuple[list[str]
         f'<text class="node-id" x="{x:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
         f'font-size="{NODE_FONT + 4:g}" font-weight="bold" fill="{ink}">{node_id}</text>'
     )
-    # The model name goes on its own line; squeeze it if it is wider than the circle.
-    room = 2 * NODE_RADIUS - 12
-    fit = ""
-    if _text_width(node.model, NODE_FONT, SANS_ADVANCE) > room:
-        fit = f' textLength="{room:g}" lengthAdjust="spacingAndGlyphs"'
+    # The model name goes on its own line, in a smaller font if it is wider than the
+    # circle (e.g. mobilenet-0.25); textLength is not honoured by every renderer.
+    room = 2 * NODE_RADIUS - 10
+    size = min(NODE_FONT, room / max(1, len(node.model)) / SANS_ADVANCE)
     parts.append(
-        f'<text class="node-model" x="{x:.1f}" y="{y + 14:.1f}" text-anchor="middle" '
-        f'font-size="{NODE_FONT:g}" fill="{ink}"{fit}>{escape(node.model)}</text>'
+        f'<text class="node-model" x="{x:.1f}" y="{y + 15:.1f}" text-anchor="middle" '
+        f'font-size="{size:.1f}" fill="{ink}">{escape(node.model)}</text>'
     )
     if caption is not None:
         lines, baseline = caption

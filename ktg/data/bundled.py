@@ -51,12 +51,12 @@ def synthetic(data_dir: Path | None, image_size: int | None) -> RawSplits:
     check_image_size("synthetic", image_size, 16)
     gen = torch.Generator().manual_seed(_SYNTHETIC_SEED)
     coarse = torch.randn(10, 3, 4, 4, generator=gen)
-    prototypes = 128.0 + 50.0 * F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
+    prototypes = 128.0 + 60.0 * F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
 
     def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(n) % 10
         labels = labels[torch.randperm(n, generator=gen)]
-        noise = 40.0 * torch.randn(n, 3, 16, 16, generator=gen)
+        noise = 30.0 * torch.randn(n, 3, 16, 16, generator=gen)
         images = (prototypes[labels] + noise).round().clamp(0, 255).to(torch.uint8)
         return images, labels
 

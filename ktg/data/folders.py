@@ -106,9 +106,9 @@ def tinyimagenet(data_dir: Path | None, image_size: int | None) -> RawSplits:
     test_labels: list[int] = []
     annotations = root / "val" / "val_annotations.txt"
     for n, line in enumerate(annotations.read_text().splitlines(), start=1):
-        fields = line.split("\t")
         if not line.strip():
             continue
+        fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in label_of:
             raise KtgError(f"tinyimagenet: {annotations} line {n}: expected '<file>\\t<wnid from wnids.txt>\\t...'")
         test_paths.append(root / "val" / "images" / fields[0])

@@ -78,6 +78,8 @@ class DeviceBatches:
         channels, height, width = (int(s) for s in x.shape[1:])
         if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
             raise KtgError(f"mean/std: got {tuple(mean)}/{tuple(std)}; expected {channels} values each, std > 0")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise allowed("seed", seed, "an integer")
         augment = augment or Augment()
         if augment.pad < 0 or augment.pad >= min(height, width):
             raise allowed("augment.pad", augment.pad, f"0..{min(height, width) - 1} for {height}x{width} images")
@@ -124,8 +126,8 @@ class DeviceBatches:
         offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen, device=self.device) if pad else None
         flips = torch.rand(n, generator=gen, device=self.device) < 0.5 if flip else None
 
-        used = len(self) * batch
-        per_image = self.x[0].numel()
+        used = len(self) * batch if self.drop_last else n
+        per_image = self._channel_idx.numel() * self._row_base.numel() * self._col_base.numel()
         chunk = max(1, self.chunk_elements // (batch * per_image)) * batch
         for start in range(0, used, chunk):
             stop = min(start + chunk, used)

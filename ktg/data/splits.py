@@ -8,6 +8,7 @@ happens here, once, so every dataset behaves the same way.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -97,12 +98,15 @@ def check_val_fraction(val_fraction: float) -> float:
 def check_classes(classes: Sequence[int], num_classes: int, name: str) -> list[int]:
     """Validate user class ids against the dataset; keeps the given order."""
     expected = f"distinct class ids in 0..{num_classes - 1} for {name}"
-    ids = list(classes)
-    if not ids or len(set(ids)) != len(ids):
+    try:
+        # operator.index accepts numpy/torch integer scalars but not floats.
+        ids = [operator.index(c) for c in classes if not isinstance(c, bool)]
+    except TypeError:
+        raise allowed("classes", classes, expected) from None
+    if not ids or len(ids) != len(classes) or len(set(ids)) != len(ids):
+        raise allowed("classes", classes, expected)
+    if any(not 0 <= c < num_classes for c in ids):
         raise allowed("classes", ids, expected)
-    for c in ids:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_classes:
-            raise allowed("classes", ids, expected)
     return ids
 
 
@@ -166,6 +170,8 @@ def finalize(
         train_x, train_y = subset_classes(train_x, train_y, kept, raw.num_classes)
         test_x, test_y = subset_classes(test_x, test_y, kept, raw.num_classes)
         num_classes = len(kept)
+        if len(train_y) == 0:
+            raise KtgError(f"classes: got {kept}; {raw.name} has no training images of these classes")
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
     if val_fraction > 0:

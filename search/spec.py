@@ -1,0 +1,116 @@
+"""``SearchSpec``: what a search is, shared by ``ktg search`` and ``POST /v1/studies``.
+
+One pydantic model is the single source of truth for both front ends, so a
+field means the same thing (and is validated the same way) on the command line
+and over HTTP. Where and how it runs (storage URL, Ray address, output folder)
+is not part of it: those belong to the machine, not to the study.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ktg.data import dataset_names, parse_classes
+from ktg.errors import KtgError
+from ktg.graph import GATES, LOSSES
+from ktg.models import check_model_name
+
+DEFAULT_MODELS = ("resnet32", "resnet110", "wrn28-2")
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+EDGE_LOSSES = tuple(loss for loss in LOSSES if loss != "ce")
+
+
+class SearchSpec(BaseModel):
+    """A knowledge-transfer-graph search: the space, the budget, the data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=STUDY_NAME_PATTERN, description="Study name (letters, digits, _ . -)")]
+    nodes: Annotated[int, Field(ge=2, le=10, description="Number of networks, label node excluded")]
+    trials: Annotated[int, Field(ge=1, le=100_000, description="Trial budget")]
+    dataset: str = "digits"
+    data_dir: str | None = None
+    classes: str | None = Field(default=None, description="Class subset, e.g. '0-49'")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 200
+    target_model: str = "resnet32"
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
+    gates: list[str] = Field(default_factory=lambda: list(GATES), min_length=1)
+    losses: list[str] = Field(default_factory=lambda: ["kl"], min_length=1)
+    reduction_factor: Annotated[int, Field(ge=2, le=16)] = 2
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    batch_size: Annotated[int, Field(ge=2, le=65_536)] = 64
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.1
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        if value not in dataset_names():
+            raise ValueError(f"got {value!r}; allowed: {', '.join(dataset_names())}")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: str | None) -> str | None:
+        if value is not None:
+            _ktg_to_value_error(parse_classes, value)
+        return value
+
+    @field_validator("target_model")
+    @classmethod
+    def _target_model(cls, value: str) -> str:
+        _ktg_to_value_error(check_model_name, value, "target_model")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            _ktg_to_value_error(check_model_name, name, f"models[{i}]")
+        return list(dict.fromkeys(value))
+
+    @field_validator("gates")
+    @classmethod
+    def _gates(cls, value: list[str]) -> list[str]:
+        return _choices(value, GATES)
+
+    @field_validator("losses")
+    @classmethod
+    def _losses(cls, value: list[str]) -> list[str]:
+        return _choices(value, EDGE_LOSSES)
+
+    def class_list(self) -> tuple[int, ...] | None:
+        return tuple(parse_classes(self.classes)) if self.classes else None
+
+
+def _choices(value: list[str], allowed: tuple[str, ...]) -> list[str]:
+    for item in value:
+        if item not in allowed:
+            raise ValueError(f"got {item!r}; allowed: {', '.join(allowed)}")
+    return list(dict.fromkeys(value))
+
+
+def _ktg_to_value_error(check: object, *args: object) -> None:
+    """Run a ktg check; pydantic reports ValueErrors per field, so translate."""
+    try:
+        check(*args)  # type: ignore[operator]
+    except KtgError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def spec_error_lines(exc: Exception) -> list[str]:
+    """One 'field: message' line per problem of a pydantic ValidationError."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return [str(exc)]
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed: {', '.join(SearchSpec.model_fields)}"
+        lines.append(f"{where}: {msg}")
+    return lines

@@ -1,0 +1,107 @@
+"""The Optuna study in a database: open it, and read back what it holds.
+
+The storage is the record of truth for a search: every trial's parameters,
+per-epoch validation accuracy (intermediate values), graph (user attribute
+``graph``), seed and epochs reached. The URL may carry a password, so it is
+only ever shown masked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ktg.errors import KtgError
+from ktg.graph import Graph
+
+STORAGE_ENV = "KTG_STORAGE"
+DEFAULT_STORAGE = "sqlite:///ktg-studies.db"
+
+# User attributes every trial carries (the contract with export and the API).
+ATTR_GRAPH = "graph"
+ATTR_SEED = "seed"
+ATTR_EPOCHS = "epochs_done"
+ATTR_SKIPPED = "skipped"          # sampled but never trained (e.g. frozen target)
+ATTR_INTERRUPTED = "interrupted"  # was RUNNING when its driver died; re-queued on resume
+STUDY_ATTR_SPEC = "spec"
+
+
+def storage_url(url: str | None) -> str:
+    """The URL to use: the flag, else $KTG_STORAGE, else the embedded SQLite file."""
+    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def masked(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable storage URL>"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Connect (pre-ping, recycle) and fail with one clear line if the database cannot be used."""
+    if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgresql+psycopg2:", "mysql")):
+        raise KtgError(f"storage: got {masked(url)!r}; allowed: postgresql://user@host/db or sqlite:///file.db")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")  # psycopg 3, not psycopg2
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if not url.startswith("sqlite"):
+        engine_kwargs |= {"pool_recycle": 300, "connect_args": {"connect_timeout": 10}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                          skip_compatibility_check=False)
+    except Exception as exc:
+        raise KtgError(f"storage: cannot use {masked(url)}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first meaningful line of a driver error, without the SQL noise."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return line.removeprefix("(psycopg.OperationalError) ")
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise KtgError(f"study: no study named {name!r} in this storage; existing: "
+                       f"{', '.join(names) or 'none'}") from None
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial counts against the budget (interrupted ones were re-queued)."""
+    return not trial.user_attrs.get(ATTR_INTERRUPTED)
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state: complete, pruned, fail, running, waiting (re-queued ones left out)."""
+    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False) if counted(t))
+    return {name: states.get(name, 0) for name in ("complete", "pruned", "fail", "running", "waiting")}
+
+
+def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
+    """The top-k trials trained to the full budget (COMPLETE only), best first."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and ATTR_GRAPH in t.user_attrs]
+    return sorted(done, key=lambda t: (-t.value, t.number))[:k]
+
+
+def graph_of(trial: FrozenTrial, study_name: str) -> Graph:
+    """The trial's graph as a ``ktg-graph/1`` file with its provenance in ``meta``."""
+    graph = Graph.from_dict(trial.user_attrs[ATTR_GRAPH])
+    return graph.with_meta(study=study_name, trial=trial.number, val_acc=trial.value,
+                           seed=trial.user_attrs.get(ATTR_SEED),
+                           epochs=trial.user_attrs.get(ATTR_EPOCHS),
+                           **{k: v for k, v in graph.meta.items() if k not in {"study", "trial", "val_acc"}})
