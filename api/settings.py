@@ -1,0 +1,149 @@
+"""Configuration of the API, read from the environment (never baked into an image).
+
+Every knob is one environment variable so that Docker Compose, Kubernetes
+Secrets and ``ktg serve`` configure the service the same way. The names below
+are a contract with the deployment files: change them together or not at all.
+
+A bad configuration is a ``ConfigError`` whose message is one line naming the
+variable, so ``ktg serve`` can print it and exit instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ktg.errors import KtgError
+from search.storage import DEFAULT_STORAGE, STORAGE_ENV
+
+TOKENS_ENV = "KTG_API_TOKENS"
+TOKENS_FILE_ENV = "KTG_API_TOKENS_FILE"
+MAX_BODY_ENV = "KTG_MAX_BODY_BYTES"
+DATA_DIR_ENV = "KTG_DATA_DIR"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+
+# Every variable the service reads; the deployment files use exactly these.
+ENV_NAMES: tuple[str, ...] = (STORAGE_ENV, TOKENS_ENV, TOKENS_FILE_ENV, MAX_BODY_ENV, DATA_DIR_ENV, RAY_ADDRESS_ENV)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_DATA_DIR = "./ktg-data"
+# A tenant becomes the prefix of its Optuna study names ("tenant.name"), whose
+# pattern starts with a letter or digit; hence the first character here.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+class ConfigError(KtgError):
+    """The service cannot start with this configuration (one line, names the variable)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app needs to know about its machine; tests build one directly.
+
+    ``tokens`` maps a bearer token to its tenant. ``ray_address`` is the Ray
+    dashboard (Jobs API) URL; ``None`` means no cluster is reachable yet, and
+    launching a study answers 503 until one is (``serve`` fills it in with the
+    local head it starts).
+    """
+
+    storage: str
+    tokens: Mapping[str, str]
+    data_dir: Path
+    ray_address: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # How long a Ray job status read stays fresh: status polling by many clients
+    # must not turn into one dashboard request per poll.
+    ray_status_ttl_s: float = 2.0
+    # How often the background reconciler submits, re-submits or stops jobs
+    # whose Ray state disagrees with the registry (0 disables it, for tests).
+    reconcile_interval_s: float = 5.0
+    # Timeout of one request to the Ray dashboard, so a hung cluster cannot hang the API.
+    ray_timeout_s: float = 10.0
+    db_pool_size: int = 10
+
+    @property
+    def studies_dir(self) -> Path:
+        """Where each study's ``--out`` folder lives: ``<data dir>/studies/<id>``."""
+        return self.data_dir / "studies"
+
+    def tenant_of(self, token: str) -> str | None:
+        """The tenant owning ``token``, comparing in constant time against every token.
+
+        All tokens are compared (no early exit) so the response time says nothing
+        about which prefix matched.
+        """
+        import hmac
+
+        found = None
+        supplied = token.encode()
+        for known, tenant in self.tokens.items():
+            if hmac.compare_digest(supplied, known.encode()):
+                found = tenant
+        return found
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, storage: str | None = None) -> Settings:
+        """Read the settings; raise ``ConfigError`` (one line) when they cannot work."""
+        env = os.environ if env is None else env
+        tokens = parse_tokens(env.get(TOKENS_ENV, ""), TOKENS_ENV)
+        file_name = env.get(TOKENS_FILE_ENV)
+        if file_name:
+            try:
+                text = Path(file_name).read_text()
+            except OSError as exc:
+                raise ConfigError(f"{TOKENS_FILE_ENV}: cannot read {file_name}: {exc.strerror}") from None
+            for token, tenant in parse_tokens(text, TOKENS_FILE_ENV).items():
+                if tokens.get(token, tenant) != tenant:
+                    raise ConfigError(f"{TOKENS_FILE_ENV}: a token of tenant {tenant!r} is also "
+                                      f"{tokens[token]!r}'s in {TOKENS_ENV}; every token must be unique")
+                tokens[token] = tenant
+        if not tokens:
+            raise ConfigError(f"no API token configured: set {TOKENS_ENV}='tenant:token,...' "
+                              f"or {TOKENS_FILE_ENV}=<file of tenant:token lines>")
+        raw_body = env.get(MAX_BODY_ENV, str(DEFAULT_MAX_BODY_BYTES))
+        try:
+            max_body = int(raw_body)
+        except ValueError:
+            max_body = 0
+        if max_body < 1024:
+            raise ConfigError(f"{MAX_BODY_ENV}: got {raw_body!r}; allowed: an integer >= 1024 (bytes)")
+        return cls(
+            storage=normalise_storage(storage or env.get(STORAGE_ENV) or DEFAULT_STORAGE),
+            tokens=tokens,
+            data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser().resolve(),
+            ray_address=env.get(RAY_ADDRESS_ENV) or None,
+            max_body_bytes=max_body,
+        )
+
+
+def parse_tokens(text: str, source: str) -> dict[str, str]:
+    """Parse ``tenant:token`` entries separated by commas or newlines; ``#`` starts a comment line.
+
+    A tenant may have several tokens (rotation); a token may belong to one tenant only.
+    """
+    tokens: dict[str, str] = {}
+    entries = [e.strip() for line in text.splitlines() if not line.lstrip().startswith("#") for e in line.split(",")]
+    for number, entry in enumerate((e for e in entries if e), start=1):
+        tenant, sep, token = entry.partition(":")
+        tenant, token = tenant.strip(), token.strip()
+        if not sep or not token:
+            raise ConfigError(f"{source}: entry {number} is not 'tenant:token'")
+        if not TENANT_PATTERN.match(tenant):
+            raise ConfigError(f"{source}: entry {number}: tenant {tenant!r} must match {TENANT_PATTERN.pattern}")
+        if any(c.isspace() for c in token):
+            raise ConfigError(f"{source}: entry {number} (tenant {tenant!r}): the token contains whitespace")
+        if tokens.get(token, tenant) != tenant:
+            raise ConfigError(f"{source}: entry {number}: tenants {tokens[token]!r} and {tenant!r} share a token")
+        tokens[token] = tenant
+    return tokens
+
+
+def normalise_storage(url: str) -> str:
+    """Make a relative SQLite path absolute: Ray jobs run in another working directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(Path(url.removeprefix(prefix)).expanduser().resolve())
+    return url

@@ -1,0 +1,185 @@
+"""``ktg search`` and ``ktg export``: turn flags into a spec, run, show, write files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ray.tune import Callback
+from rich.live import Live
+from rich.table import Table
+
+from ktg.errors import KtgError
+from ktg.graph import Graph
+from ktg.report import console, out, table
+from search.runner import RunOptions, Tally, open_study, run_search, stored_spec
+from search.space import describe_size, space_size
+from search.spec import SearchSpec, spec_error_lines
+from search.storage import best_trials, graph_of, load_study, masked, open_storage, storage_url
+
+# flag name -> spec field, for flags that override --spec-json / the stored spec
+_FLAGS = {"nodes": "nodes", "trials": "trials", "study": "name", "dataset": "dataset", "data_dir": "data_dir",
+          "classes": "classes", "epochs": "epochs", "target_model": "target_model", "models": "models",
+          "gates": "gates", "losses": "losses", "reduction_factor": "reduction_factor",
+          "batch_size": "batch_size", "lr": "lr", "seed": "seed"}
+_LIST_FIELDS = {"models", "gates", "losses"}
+
+
+def build_spec(args: argparse.Namespace, base: dict[str, Any] | None) -> SearchSpec:
+    """Merge the stored spec (on resume), --spec-json and the flags; validate once."""
+    fields: dict[str, Any] = dict(base or {})
+    if args.spec_json:
+        try:
+            given = json.loads(args.spec_json)
+        except json.JSONDecodeError as exc:
+            raise KtgError(f"--spec-json: not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(given, dict):
+            raise KtgError("--spec-json: expected a JSON object of search fields")
+        fields.update(given)
+    for flag, name in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            fields[name] = [v.strip() for v in value.split(",") if v.strip()] if name in _LIST_FIELDS else value
+    for required, flag in (("name", "--study"), ("nodes", "--nodes"), ("trials", "--trials")):
+        if required not in fields:
+            raise KtgError(f"{flag}: missing; allowed: {_HELP[required]}")
+    try:
+        return SearchSpec.model_validate(fields)
+    except ValidationError as exc:
+        flag_of = {v: k for k, v in _FLAGS.items()}
+        lines = []
+        for line in spec_error_lines(exc):
+            head, _, rest = line.partition(": ")
+            key = head.split(".")[0]
+            name = "--" + flag_of[key].replace("_", "-") if key in flag_of else head
+            lines.append(f"{name}: {rest}")
+        raise KtgError("; ".join(lines)) from None
+
+
+_HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
+
+
+class LiveDisplay(Callback):
+    """Trials done / pruned / failed / running, the best so far with its graph, an ETA."""
+
+    def __init__(self, tally: Tally, study_name: str) -> None:
+        self.tally, self.study_name = tally, study_name
+        self.live = Live(self._render(), console=console, refresh_per_second=2, transient=False)
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray may pickle callbacks; a live console cannot be
+        return {"tally": self.tally, "study_name": self.study_name}
+
+    def setup(self, **info: Any) -> None:
+        self.live.start()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.refresh()
+        self.live.stop()
+
+    def _render(self) -> Table:
+        t = self.tally
+        done = t.done_before + t.finished
+        elapsed = time.monotonic() - t.started
+        eta = "-"
+        if t.finished:
+            eta = f"{elapsed / t.finished * max(0, t.budget - done) / 60:.1f} min"
+        best = f"{100 * t.best[0]:.2f}% (trial {t.best[1]})" if t.best else "-"
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(f"[bold]{self.study_name}[/]", f"{done}/{t.budget} trials",
+                     f"complete {t.complete}", f"pruned {t.pruned}", f"failed {t.failed}",
+                     f"running {t.running}", f"best val {best}", f"ETA {eta}")
+        return grid
+
+    def refresh(self) -> None:
+        self.live.update(self._render())
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.refresh()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.refresh()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.refresh()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.refresh()
+
+
+def _top_table(study_name: str, trials: list, title: str) -> Table:
+    rows = []
+    for rank, t in enumerate(trials, 1):
+        g = Graph.from_dict(t.user_attrs["graph"])
+        models = " ".join(n.model for n in g.nodes)
+        edges = ", ".join(f"{e.source}>{e.target} {e.loss}/{e.gate}" for e in g.edges if e.source != 0)
+        rows.append([rank, t.number, f"{100 * t.value:.2f}", models, edges or "-"])
+    return table(title, ["rank", "trial", "val acc %", "models (node 1 first)", "edges between nodes"], rows)
+
+
+def write_graphs(study_name: str, trials: list, out_dir: Path, names: list[str]) -> list[Path]:
+    """Write each trial's graph (JSON + SVG) with its provenance."""
+    from ktg.show import write_svg
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for trial, name in zip(trials, names, strict=False):
+        graph = graph_of(trial, study_name)
+        path = out_dir / f"{name}.json"
+        graph.save(path)
+        write_svg(graph, path.with_suffix(".svg"))
+        paths.append(path)
+    return paths
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    url = storage_url(args.storage)
+    storage = open_storage(url)
+    name = args.study or _name_from_json(args.spec_json)
+    base = stored_spec(storage, name) if (args.resume and name) else None
+    spec = build_spec(args, base)
+    options = RunOptions(out_dir=Path(args.out), workers=args.workers, cpus_per_trial=args.cpus_per_trial,
+                         gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address, device=args.device)
+    if options.workers is not None and options.workers < 1:
+        raise KtgError(f"--workers: got {options.workers}; allowed: an integer >= 1")
+    if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
+        raise KtgError("--cpus-per-trial/--gpus-per-trial: allowed: cpus > 0, gpus >= 0 (fractions pack a GPU)")
+    study = open_study(storage, spec, resume=args.resume)
+    out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
+              f"{spec.epochs} epochs on {spec.dataset}; search space {describe_size(space_size(spec))} graphs")
+    tally = run_search(spec, study, options, display=lambda tally: LiveDisplay(tally, spec.name))
+    best = best_trials(study, 5)
+    if not best:
+        out.print("no trial reached the full budget yet; nothing to export")
+        return 0
+    out.print(_top_table(spec.name, best, f"top graphs of {spec.name} (full-budget trials)"))
+    path = write_graphs(spec.name, best[:1], options.out_dir, ["best"])[0]
+    out.print(f"wrote {path} and {path.with_suffix('.svg')}  ({tally.complete} complete, "
+              f"{tally.pruned} pruned, {tally.failed} failed this run)")
+    return 0
+
+
+def _name_from_json(text: str | None) -> str | None:
+    try:
+        value = json.loads(text).get("name") if text else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise KtgError(f"--top: got {args.top}; allowed: an integer >= 1")
+    url = storage_url(args.storage)
+    study = load_study(args.study, open_storage(url))
+    best = best_trials(study, args.top)
+    if not best:
+        raise KtgError(f"study {args.study!r} has no trial trained to the full budget yet; nothing to export")
+    paths = write_graphs(args.study, best, Path(args.out), [str(i) for i in range(1, len(best) + 1)])
+    out.print(_top_table(args.study, best, f"top {len(best)} of {args.study}"))
+    for p in paths:
+        out.print(f"wrote {p}")
+    return 0

@@ -1,0 +1,264 @@
+"""Run a study: ASHA on Ray Tune, every trial recorded truthfully in Optuna storage.
+
+The driver owns the Optuna study (ask/tell through ``GraphSearcher``); Ray
+workers only train and report one validation accuracy per epoch, so they never
+need the database or its password. Trial states mean what they say:
+COMPLETE = trained to the full budget, PRUNED = stopped by ASHA, FAIL = raised
+or went NaN (or was sampled untrainable, with the reason in ``skipped``).
+Trials that were RUNNING when a driver died are marked ``interrupted`` and
+re-queued with the same parameters on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.search import Searcher
+
+from ktg.errors import KtgError
+from search.space import sample_graph
+from search.spec import SearchSpec
+from search.storage import (
+    ATTR_EPOCHS,
+    ATTR_GRAPH,
+    ATTR_INTERRUPTED,
+    ATTR_SEED,
+    ATTR_SKIPPED,
+    STUDY_ATTR_SPEC,
+    counted,
+)
+
+METRIC = "val_acc"
+FAULT_ENV = "KTG_FAULT_NAN_TRIALS"  # test hook: trial numbers whose data is poisoned to NaN
+
+
+@dataclass
+class RunOptions:
+    """How (not what) to run: the machine side of a search."""
+
+    out_dir: Path
+    workers: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    ray_address: str | None = None
+    device: str = "auto"
+
+
+# -- the Ray side: one trial ---------------------------------------------------------
+
+def train_trial(config: dict[str, Any]) -> None:
+    """A Ray Tune function trainable: train one sampled graph, report val acc each epoch."""
+    from dataclasses import replace
+
+    import torch
+    from ray import tune
+
+    from ktg.data.spec import DataSpec
+    from ktg.device import Accel
+    from ktg.graph import Graph
+    from ktg.teachers import TeacherCache
+    from ktg.trainer import Recipe, train_graph
+
+    spec = SearchSpec.model_validate(config["spec"])
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    data_spec = DataSpec(spec.dataset, spec.data_dir, spec.class_list(), spec.val_fraction, 0, None)
+    data = data_spec.load()
+    if config.get("poison"):
+        data = replace(data, std=tuple(0.0 for _ in data.std))  # x / 0: a real NaN through the real path
+    recipe = Recipe(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr)
+    teachers = TeacherCache(data_spec, config["cache_dir"], quiet=True)
+
+    def report(epoch: int, accs: dict[int, float]) -> None:
+        tune.report({METRIC: accs[1], "epoch": epoch})
+
+    train_graph(Graph.from_dict(config["graph"]), data, recipe=recipe, seed=spec.seed,
+                accel=Accel.resolve(config["device"]), teachers=teachers, on_epoch=report,
+                evaluate_test=False)
+
+
+# -- the driver side: the searcher -----------------------------------------------------
+
+@dataclass
+class Tally:
+    """What the live display shows."""
+
+    budget: int
+    done_before: int
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    best: tuple[float, int] | None = None  # (val acc, trial number)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+class GraphSearcher(Searcher):
+    """A Ray Tune searcher backed by an Optuna study through ask/tell.
+
+    Unlike Ray's stock OptunaSearch it records ASHA-stopped trials as PRUNED
+    (not COMPLETE) and errored/NaN trials as FAIL (never left RUNNING).
+    """
+
+    def __init__(self, study: optuna.Study, spec: SearchSpec, tally: Tally, options: RunOptions,
+                 poison: set[int]) -> None:
+        super().__init__(metric=METRIC, mode="max")
+        self.study, self.spec, self.tally, self.options = study, spec, tally, options
+        self.poison = poison
+        self.issued = 0
+        self.live: dict[str, optuna.Trial] = {}
+
+    # Ray pickles searcher state into its experiment folder: keep the study (and
+    # with it the storage URL and its password) out of it.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in {"study", "live"}}
+
+    def save(self, checkpoint_path: str) -> None:  # the study itself is the checkpoint
+        return None
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        remaining = self.tally.budget - self.tally.done_before
+        while self.issued < remaining:
+            trial = self.study.ask()
+            self.issued += 1
+            graph, skipped = sample_graph(trial, self.spec)
+            trial.set_user_attr(ATTR_SEED, self.spec.seed)
+            trial.set_user_attr(ATTR_GRAPH, graph)
+            if skipped:
+                trial.set_user_attr(ATTR_SKIPPED, skipped)
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.tally.failed += 1
+                continue
+            self.live[trial_id] = trial
+            self.tally.running += 1
+            return {"graph": graph, "spec": self.spec.model_dump(), "trial_number": trial.number,
+                    "cache_dir": str(self.options.out_dir / "teachers"), "device": self.options.device,
+                    "cpus": self.options.cpus_per_trial, "poison": trial.number in self.poison}
+        return self.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        trial = self.live.get(trial_id)
+        if trial is None or METRIC not in result:
+            return
+        trial.report(float(result[METRIC]), step=int(result["epoch"]))
+        trial.set_user_attr(ATTR_EPOCHS, int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        trial = self.live.pop(trial_id, None)
+        if trial is None:
+            return
+        self.tally.running -= 1
+        epochs = int((result or {}).get("epoch", 0))
+        if error or result is None or METRIC not in result:
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.tally.failed += 1
+        elif epochs >= self.spec.epochs:
+            value = float(result[METRIC])
+            self.study.tell(trial, value)
+            self.tally.complete += 1
+            if self.tally.best is None or value > self.tally.best[0]:
+                self.tally.best = (value, trial.number)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.tally.pruned += 1
+
+    def abandon_live(self) -> None:
+        """Ctrl-C or an error in the driver: no trial may stay RUNNING."""
+        for trial_id in list(self.live):
+            trial = self.live.pop(trial_id)
+            trial.set_user_attr(ATTR_INTERRUPTED, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+# -- study bookkeeping -------------------------------------------------------------------
+
+def open_study(storage: optuna.storages.BaseStorage, spec: SearchSpec, *, resume: bool) -> optuna.Study:
+    """Create the study, or (with resume) reopen it and repair what a dead driver left."""
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if spec.name in names and not resume:
+        raise KtgError(f"--study: a study named {spec.name!r} already exists in this storage; "
+                       "allowed: --resume to continue it, or a new name")
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True, multivariate=True,
+                                         group=True, n_startup_trials=10)
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
+                                sampler=sampler, load_if_exists=True)
+    study.set_user_attr(STUDY_ATTR_SPEC, spec.model_dump())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # Its driver died (SIGKILL, crash): keep what it recorded, run its graph again.
+        storage.set_trial_user_attr(trial._trial_id, ATTR_INTERRUPTED, True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return study
+
+
+def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    return study.user_attrs.get(STUDY_ATTR_SPEC)
+
+
+def finished_count(study: optuna.Study) -> int:
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=done) if counted(t))
+
+
+def poisoned_trials() -> set[int]:
+    raw = os.environ.get(FAULT_ENV, "")
+    return {int(x) for x in raw.split(",") if x.strip().isdigit()}
+
+
+# -- the run -------------------------------------------------------------------------------
+
+def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
+               display: Callable[[Tally], Callback] | None = None) -> Tally:
+    """Run the study to its budget on Ray Tune with ASHA; return the tally."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    tally = Tally(budget=spec.trials, done_before=finished_count(study))
+    if tally.done_before >= spec.trials:
+        return tally
+    address = options.ray_address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, configure_logging=True)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    workers = options.workers or max(1, int(cpus // max(options.cpus_per_trial, 0.01)))
+    searcher = GraphSearcher(study, spec, tally, options, poisoned_trials())
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max",
+                              max_t=spec.epochs, grace_period=1, reduction_factor=spec.reduction_factor)
+    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+    callbacks = [display(tally)] if display is not None else []
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, resources),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                    max_concurrent_trials=workers),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str((options.out_dir / "ray").resolve()),
+                                  verbose=0, callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    try:
+        tuner.fit()
+    finally:
+        searcher.abandon_live()
+    return tally

@@ -1,0 +1,59 @@
+"""The search space, define-by-run: node models, edge gates, and (optionally) edge losses.
+
+Node 1's model is fixed (it is the network being improved); every other node
+draws its model, every edge (label edges included) its gate, and, when more
+than one loss is allowed, every non-label edge that is not cut off its loss.
+Parameter names are stable (``model_2``, ``gate_0_1``, ``loss_2_1``) so studies
+can be read with plain Optuna or SQL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+
+from ktg.graph import FORMAT, LABEL_NODE, TARGET_NODE
+from search.spec import SearchSpec
+
+
+def sample_graph(trial: optuna.Trial, spec: SearchSpec) -> tuple[dict, str | None]:
+    """Draw one graph; return (graph dict, why it cannot be trained or None)."""
+    ids = list(range(1, spec.nodes + 1))
+    nodes = [{"id": TARGET_NODE, "model": spec.target_model}]
+    nodes += [{"id": i, "model": trial.suggest_categorical(f"model_{i}", spec.models)} for i in ids[1:]]
+    edges = []
+    for target in ids:
+        for source in [LABEL_NODE, *ids]:
+            if source == target:
+                continue
+            gate = trial.suggest_categorical(f"gate_{source}_{target}", spec.gates)
+            if gate == "cutoff":
+                continue  # an unlisted edge is a cutoff edge
+            if source == LABEL_NODE:
+                loss = "ce"
+            elif len(spec.losses) > 1:
+                loss = trial.suggest_categorical(f"loss_{source}_{target}", spec.losses)
+            else:
+                loss = spec.losses[0]
+            edges.append({"source": source, "target": target, "loss": loss, "gate": gate})
+    graph = {"format": FORMAT, "nodes": nodes, "edges": edges, "meta": {"dataset": spec.dataset}}
+    if not any(e["target"] == TARGET_NODE for e in edges):
+        return graph, "target node 1 would be frozen (every incoming edge is cutoff)"
+    return graph, None
+
+
+def space_size(spec: SearchSpec) -> int:
+    """The number of distinct graphs: models^(M-1) x label gates x non-label edge options.
+
+    A non-label edge is either cut off or one of (non-cutoff gate, loss); the
+    KTG paper's M^(n-1) * G^(N^2) counts the same thing with a single loss.
+    """
+    m = spec.nodes
+    open_gates = len([g for g in spec.gates if g != "cutoff"])
+    per_edge = open_gates * len(spec.losses) + (1 if "cutoff" in spec.gates else 0)
+    return len(spec.models) ** (m - 1) * len(spec.gates) ** m * per_edge ** (m * (m - 1))
+
+
+def describe_size(n: int) -> str:
+    return f"{n:,}" if n < 10**7 else f"{n / 10 ** int(math.log10(n)):.2f}e{int(math.log10(n))}"
