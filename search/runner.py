@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ from search.storage import (
     STUDY_ATTR_SPEC,
     counted,
 )
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METRIC = "val_acc"
 FAULT_ENV = "KTG_FAULT_NAN_TRIALS"  # test hook: trial numbers whose data is poisoned to NaN
@@ -194,8 +197,10 @@ def open_study(storage: optuna.storages.BaseStorage, spec: SearchSpec, *, resume
     if spec.name in names and not resume:
         raise KtgError(f"--study: a study named {spec.name!r} already exists in this storage; "
                        "allowed: --resume to continue it, or a new name")
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True, multivariate=True,
-                                         group=True, n_startup_trials=10)
+    with warnings.catch_warnings():  # multivariate/group are "experimental" in name only
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True, multivariate=True,
+                                             group=True, n_startup_trials=10)
     study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
                                 sampler=sampler, load_if_exists=True)
     study.set_user_attr(STUDY_ATTR_SPEC, spec.model_dump())
@@ -234,6 +239,8 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    # Ray's own console reporter would fight our live display; the legacy one is silent at verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     options.out_dir.mkdir(parents=True, exist_ok=True)
     tally = Tally(budget=spec.trials, done_before=finished_count(study))
     if tally.done_before >= spec.trials:
