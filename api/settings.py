@@ -53,6 +53,9 @@ class Settings:
     tokens: Mapping[str, str]
     data_dir: Path
     ray_address: str | None = None
+    # Bearer token for the Ray dashboard of a head `ktg serve` started itself; for an
+    # external cluster Ray's own RAY_AUTH_MODE / RAY_AUTH_TOKEN environment applies.
+    ray_token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # How long a Ray job status read stays fresh: status polling by many clients
     # must not turn into one dashboard request per poll.

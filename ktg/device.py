@@ -8,8 +8,8 @@ exercise them on a machine without a GPU.
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ class Accel:
             channels_last = on_gpu
         return cls(dev, bf16, channels_last, compile)
 
-    def autocast(self) -> ContextManager[object]:
+    def autocast(self) -> AbstractContextManager[object]:
         """bf16 autocast for the forward passes; a no-op context when off."""
         if not self.bf16:
             return contextlib.nullcontext()

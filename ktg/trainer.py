@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ktg.data.loader import DeviceBatches
 from ktg.device import Accel
 from ktg.errors import KtgError
-from ktg.graph import LABEL_NODE, TARGET_NODE, Edge, Graph
+from ktg.graph import LABEL_NODE, Edge, Graph
 from ktg.losses import LocalPosterior, ce_loss, cm_loss, gate, kl_loss, lkd_loss, local_posterior
 from ktg.models import build_model, classifier_rows
 from ktg.seeding import derive_seed
@@ -314,4 +314,4 @@ def _eval_mode(models: Any) -> Iterator[None]:
             m.train(flag)
 
 
-__all__ = ["Recipe", "RunResult", "NodeResult", "NonFiniteLoss", "train_graph", "TARGET_NODE"]
+__all__ = ["NodeResult", "NonFiniteLoss", "Recipe", "RunResult", "train_graph"]

@@ -143,6 +143,6 @@ def init_weights(model: nn.Module) -> None:
 
 # Family modules register themselves on import; the order here is the order of
 # model_names() and of the "allowed" list in error messages.
-from ktg.models import resnet  # noqa: F401, I001
-from ktg.models import wrn  # noqa: F401
-from ktg.models import mobilenet  # noqa: F401
+from ktg.models import resnet  # noqa: E402, F401, I001
+from ktg.models import wrn  # noqa: E402, F401
+from ktg.models import mobilenet  # noqa: E402, F401

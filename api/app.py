@@ -1,0 +1,194 @@
+"""The FastAPI application: ``create_app(settings)`` builds one, ready to serve.
+
+A factory (not a module-level app) so tests, ``ktg serve`` and an ASGI server
+each build an app from their own ``Settings``; nothing is read from the
+environment here. Every error answer is JSON (``ErrorOut``): bad input is 422
+naming each field, a database or Ray outage is 503, and only a bug is 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.db import init_schema, make_engine, make_sessions
+from api.jobs import RayJobs, RayUnavailable
+from api.registry import Reconciler, Redactor, Registry, StatusCache
+from api.routers import health, studies
+from api.schemas import ErrorOut, FieldError
+from api.settings import Settings
+from search.spec import SearchSpec
+
+log = logging.getLogger("ktg.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, before any handler parses them.
+
+    Checks ``Content-Length`` up front and also counts what actually arrives
+    (chunked uploads have no length), reading at most ``max_bytes + 1`` bytes.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD", "OPTIONS", "DELETE"}:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # later calls wait for the disconnect, as the server would
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body too large: at most {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": status.HTTP_413_CONTENT_TOO_LARGE,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def field_errors(errors: list[Any]) -> list[FieldError]:
+    """One entry per problem, named by field (the location without 'body'/'query'/'path')."""
+    out = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        where = ".".join(loc[1:] if loc and loc[0] in {"body", "query", "path", "header"} else loc) or "body"
+        kind = err.get("type", "")
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if kind == "json_invalid":
+            where = "body"
+            message = f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
+        elif kind == "extra_forbidden":
+            message = f"unknown field; allowed: {', '.join(SearchSpec.model_fields)}"
+        elif kind == "missing" and where == "body":
+            message = "a JSON object is required"
+        out.append(FieldError(field=where, message=message))
+    return out
+
+
+def _error(status_code: int, detail: str, headers: dict[str, str] | None = None,
+           errors: list[FieldError] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorOut(detail=detail, errors=errors).model_dump(exclude_none=True),
+                        status_code=status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = field_errors(list(exc.errors()))
+        detail = "invalid request: " + "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors=errors)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    async def on_database(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "the database is not reachable; try again later",
+                      headers={"Retry-After": "10"})
+
+    async def on_ray(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s", exc)
+        return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "the Ray cluster is not reachable; try again later",
+                      headers={"Retry-After": "10"})
+
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        app.add_exception_handler(db_error, on_database)
+    app.add_exception_handler(RayUnavailable, on_ray)
+    app.add_exception_handler(Exception, on_bug)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app. Connecting happens at start-up (lifespan): the registry schema
+    is created or migrated, Optuna's tables are made to exist, the reconciler starts."""
+    engine = make_engine(settings.storage, pool_size=settings.db_pool_size)
+    sessions = make_sessions(engine)
+    jobs = RayJobs(settings.ray_address, timeout_s=settings.ray_timeout_s, token=settings.ray_token)
+    registry = Registry(sessions=sessions, jobs=jobs, cache=StatusCache(jobs, settings.ray_status_ttl_s),
+                        studies_dir=settings.studies_dir, redact=Redactor(settings.storage))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from search.storage import open_storage
+
+        await run_in_threadpool(init_schema, engine)
+        app.state.optuna_storage = await run_in_threadpool(open_storage, settings.storage)
+        reconciler = None
+        if settings.reconcile_interval_s > 0:
+            reconciler = Reconciler(registry, settings.reconcile_interval_s)
+            reconciler.start()
+        try:
+            yield
+        finally:
+            if reconciler is not None:
+                await run_in_threadpool(reconciler.stop)
+            engine.dispose()
+
+    app = FastAPI(
+        title="ktg",
+        summary="Knowledge transfer graph search as a service",
+        description="Submit searches (each runs as a Ray job), follow them, fetch the best graphs. "
+                    "Every /v1 endpoint needs `Authorization: Bearer <token>`.",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.registry = registry
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(health.router, prefix="/v1", include_in_schema=False)
+    app.include_router(studies.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

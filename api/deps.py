@@ -1,0 +1,56 @@
+"""Request dependencies: who is calling (bearer token -> tenant) and a database session.
+
+Tokens come from configuration (``Settings.tokens``) and are compared in
+constant time. A missing or unknown token is 401 with ``WWW-Authenticate:
+Bearer`` (RFC 6750), so clients and proxies know which scheme to use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.registry import Registry
+from api.settings import Settings
+
+# auto_error=False: we answer 401 ourselves, with the WWW-Authenticate header.
+_bearer = HTTPBearer(auto_error=False, description="A token from KTG_API_TOKENS ('tenant:token')")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, closed (and its connection returned) afterwards."""
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def get_tenant(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+               settings: Annotated[Settings, Depends(get_settings)]) -> str:
+    """The tenant owning the request's bearer token, or 401."""
+    if credentials is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token (Authorization: Bearer <token>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    tenant = settings.tenant_of(credentials.credentials)
+    if tenant is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid bearer token",
+                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return tenant
+
+
+Tenant = Annotated[str, Depends(get_tenant)]
+DbSession = Annotated[Session, Depends(get_session)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,436 @@
+"""Studies as Ray jobs: launch, read back, stop; and the local Ray head of ``ktg serve``.
+
+Each study is one Ray job (Ray Jobs API) whose ``submission_id`` is the study
+id, so submitting twice (a client retry, two API replicas, a restart between
+"recorded" and "submitted") can never start two searches: Ray refuses the
+second, and we treat that refusal as success. The job runs
+``ktg search --spec-json ... --resume``, which makes a re-submitted job after a
+lost cluster continue the Optuna study instead of starting over.
+
+The entrypoint never carries the database password: ``ktg search`` reads the
+storage URL from ``KTG_STORAGE`` in the cluster's own environment (a Secret in
+Docker/Kubernetes; set by ``start_local_head`` for ``ktg serve``).
+
+``JobSubmissionClient`` talks HTTP to the dashboard without timeouts; a hung
+dashboard must not hang API threads, so every request here carries one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from api.settings import DATA_DIR_ENV
+from search.storage import STORAGE_ENV
+
+# Ray JobStatus -> the study state users see.
+STATE_OF_JOB_STATUS: Mapping[str, str] = {
+    "PENDING": "queued",
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+    "STOPPED": "cancelled",
+}
+TERMINAL_JOB_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+HEAD_STATE_FILE = "ray-head.json"
+
+
+class RayUnavailable(Exception):
+    """The Ray cluster (its dashboard, which serves the Jobs API) did not answer.
+
+    ``ambiguous``: the request may have reached Ray (read timeout, server error),
+    so a submission may have happened; otherwise it certainly did not.
+    """
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What Ray says about one job."""
+
+    status: str  # PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
+    job_id: str | None
+    message: str | None
+
+
+class _HTTPError(RuntimeError):
+    """A non-2xx answer of the dashboard, with its status code (the SDK only gives text)."""
+
+    def __init__(self, status_code: int, text: str) -> None:
+        super().__init__(f"Request failed with status code {status_code}: {text}.")
+        self.status_code = status_code
+
+
+def _client_class() -> type:
+    """A JobSubmissionClient with request timeouts and typed HTTP errors.
+
+    Built lazily: importing Ray's job SDK costs a second of start-up that
+    processes which never launch a study (tests, the benchmark) need not pay.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedClient(JobSubmissionClient):  # type: ignore[misc]
+        timeout_s: float = 10.0
+
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", self.timeout_s)
+            return super()._do_request(method, endpoint, **kwargs)
+
+        def _raise_error(self, r: Any) -> None:
+            raise _HTTPError(r.status_code, r.text)
+
+    return TimedClient
+
+
+class RayJobs:
+    """The Ray Jobs API of one cluster, as the registry needs it.
+
+    Every method raises ``RayUnavailable`` when the cluster cannot be reached,
+    so callers answer 503 (or keep the last known state) rather than 500.
+    """
+
+    def __init__(self, address: str | None, timeout_s: float = 10.0, token: str | None = None) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        # Explicit token for a head we started; otherwise Ray's own loader applies
+        # (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH in our environment).
+        self.headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> Any:
+        if self.address is None:
+            raise RayUnavailable("no Ray cluster configured (RAY_ADDRESS)")
+        with self._lock:
+            if self._client is None:
+                cls = _client_class()
+                cls.timeout_s = self.timeout_s
+                try:
+                    self._client = cls(self.address, headers=self.headers)
+                except Exception as exc:  # connection refused, DNS, version check, timeout
+                    raise RayUnavailable(f"Ray at {self.address} did not answer: {_first_line(exc)}") from None
+            return self._client
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[Any]:
+        """Yield the client; turn transport failures into RayUnavailable and drop the client."""
+        import requests
+
+        client = self._get_client()
+        try:
+            yield client
+        except RayUnavailable:
+            raise
+        except requests.RequestException as exc:
+            with self._lock:
+                self._client = None  # reconnect (and re-check the version) next time
+            ambiguous = not isinstance(exc, requests.ConnectionError | requests.ConnectTimeout)
+            raise RayUnavailable(f"Ray at {self.address} did not answer: {_first_line(exc)}",
+                                 ambiguous=ambiguous) from None
+        except Exception as exc:  # HTTP errors callers did not handle, auth refused, bad answers
+            raise RayUnavailable(f"Ray at {self.address} failed: {_first_line(exc)}", ambiguous=True) from None
+
+    def version(self) -> str:
+        """The cluster's Ray version (the readiness probe)."""
+        with self._calling() as client:
+            response = client._do_request("GET", "/api/version")
+            response.raise_for_status()
+            return str(response.json().get("ray_version", "?"))
+
+    def submit(self, submission_id: str, entrypoint: str, metadata: Mapping[str, str]) -> bool:
+        """Submit once: True if this call created the job, False if it already existed."""
+        with self._calling() as client:
+            try:
+                client.submit_job(entrypoint=entrypoint, submission_id=submission_id, metadata=dict(metadata))
+            except _HTTPError as exc:
+                if "already exists" in str(exc):
+                    return False
+                raise
+            return True
+
+    def status(self, submission_id: str) -> JobState | None:
+        """The job's state, or None when the cluster does not know it (never submitted, or lost)."""
+        with self._calling() as client:
+            try:
+                info = client.get_job_info(submission_id)
+            except _HTTPError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+        status = getattr(info.status, "value", str(info.status))
+        return JobState(status=str(status), job_id=info.job_id, message=info.message)
+
+    def stop(self, submission_id: str) -> None:
+        """Ask Ray to stop the job (SIGTERM, then SIGKILL); a job Ray does not know is already stopped."""
+        with self._calling() as client:
+            try:
+                client.stop_job(submission_id)
+            except _HTTPError as exc:
+                if exc.status_code != 404:
+                    raise
+
+    def logs_tail(self, submission_id: str, lines: int = 20) -> str:
+        """The last lines of the driver's output: why a study failed, in its own words."""
+        with self._calling() as client:
+            try:
+                text = client.get_job_logs(submission_id)
+            except _HTTPError:
+                return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def search_entrypoint(spec_json: str, out_dir: Path) -> str:
+    """The job's shell command; it carries the spec, never the storage URL."""
+    return f"ktg search --spec-json {shlex.quote(spec_json)} --out {shlex.quote(str(out_dir))} --resume"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+
+
+# -- the local head of `ktg serve` ---------------------------------------------------------
+
+
+class HeadError(Exception):
+    """The local Ray head could not be started or reused (one line)."""
+
+
+@dataclass(frozen=True)
+class LocalHead:
+    """A Ray head this machine runs for ``ktg serve``, recorded in ``<data dir>/ray-head.json``."""
+
+    pid: int  # of `ray start --block`, leader of the head's process group
+    dashboard_url: str
+    gcs_address: str
+    storage_sha256: str
+    temp_dir: str
+    token_path: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2) + "\n"
+
+    def token(self) -> str | None:
+        try:
+            return Path(self.token_path).read_text().strip() or None
+        except OSError:
+            return None
+
+
+def _storage_fingerprint(storage: str) -> str:
+    """Identifies the storage a head was started for without writing its password to disk."""
+    return hashlib.sha256(storage.encode()).hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        pass  # gone, or no /proc (macOS): ask the kernel
+    except IndexError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (the head runs in its own session)."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
+            members.append(int(entry.name))
+    return members
+
+
+def _is_head_process(pid: int, dashboard_url: str) -> bool:
+    """Whether ``pid`` is still our `ray start --block` (a recycled pid must never be signalled)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _alive(pid)  # no /proc (macOS): trust the pid
+    port = dashboard_url.rsplit(":", 1)[-1].encode()
+    return b"--head" in args and b"--block" in args and port in args
+
+
+def _dashboard_answers(url: str, token: str | None, timeout_s: float = 2.0) -> bool:
+    request = urllib.request.Request(f"{url}/api/version")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _auth_token(data_dir: Path) -> Path:
+    """The head's Ray auth token, private to this data dir (mode 0600), made once.
+
+    The dashboard's Jobs API runs arbitrary commands, so the head requires a
+    token; keeping it here rather than in the user-wide ``~/.ray/auth_token``
+    keeps other Ray clusters on the machine (and their clients) out of it.
+    """
+    path = data_dir / "ray-auth-token"
+    if not path.exists():
+        import secrets
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def _temp_dir(data_dir: Path) -> Path:
+    """Ray's session folder for this head: short (Unix socket paths are limited to
+    107 bytes) and not the default /tmp/ray, whose ``ray_current_cluster`` would
+    make any ``ray.init()`` on this machine join our head."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"ktg-ray-{digest}"
+
+
+def read_head(data_dir: Path) -> LocalHead | None:
+    """The head recorded in the data dir, if its file is readable (alive or not)."""
+    try:
+        raw = json.loads((data_dir / HEAD_STATE_FILE).read_text())
+        return LocalHead(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _head_lock(data_dir: Path) -> Iterator[None]:
+    """Two `ktg serve` starting at once must not start two heads for one data dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "ray-head.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_local_head(data_dir: Path, storage: str, start_timeout_s: float = 120.0) -> LocalHead:
+    """Reuse the head recorded in ``data_dir`` if it answers, else start one.
+
+    The head runs in its own session so that it outlives the API process: a
+    restarted API finds it again through the state file and running studies go
+    on. Its environment carries ``KTG_STORAGE`` (for the jobs' drivers) and this
+    interpreter's ``bin`` first on ``PATH`` (so ``ktg`` is the same install).
+    """
+    fingerprint = _storage_fingerprint(storage)
+    with _head_lock(data_dir):
+        head = read_head(data_dir)
+        if (head is not None and _is_head_process(head.pid, head.dashboard_url)
+                and _dashboard_answers(head.dashboard_url, head.token())):
+            if head.storage_sha256 != fingerprint:
+                raise HeadError(f"the local Ray head (pid {head.pid}, {head.dashboard_url}) recorded in {data_dir} "
+                                "was started for another storage; stop it first "
+                                f"(kill -TERM -{head.pid}) or use another {DATA_DIR_ENV}")
+            return head
+        return _start_head(data_dir, storage, fingerprint, start_timeout_s)
+
+
+def _start_head(data_dir: Path, storage: str, fingerprint: str, start_timeout_s: float) -> LocalHead:
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists():
+        raise HeadError(f"cannot start a local Ray head: {ray_bin} not found (pip install 'ray[default]')")
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    token_path, temp_dir = _auth_token(data_dir), _temp_dir(data_dir)
+    token = token_path.read_text().strip()
+    cmd = [str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--temp-dir", str(temp_dir),
+           "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+           "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+           # Fixed defaults (10001, 52365, ...) would collide with any other Ray on this machine.
+           "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+           "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port())]
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "RAY_AUTH_TOKEN"}}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    env[STORAGE_ENV] = storage
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    log_path = data_dir / "ray-head.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True, close_fds=True)
+    dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.monotonic() + start_timeout_s
+    while not _dashboard_answers(dashboard_url, token, timeout_s=1.0):
+        if process.poll() is not None:
+            raise HeadError(f"the local Ray head exited with status {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            _kill_group(process.pid)
+            raise HeadError(f"the local Ray head did not answer within {start_timeout_s:.0f} s; see {log_path}")
+        time.sleep(0.5)
+    head = LocalHead(pid=process.pid, dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{gcs_port}",
+                     storage_sha256=fingerprint, temp_dir=str(temp_dir), token_path=str(token_path))
+    state = data_dir / HEAD_STATE_FILE
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(head.to_json())
+    tmp.replace(state)
+    return head
+
+
+def _kill_group(pid: int, grace_s: float = 30.0) -> None:
+    """Stop the head whose `ray start --block` is ``pid``: SIGTERM its process group
+    (Ray drains and stops its processes), then SIGKILL whatever of its session lingers.
+    Only this session is touched: never Ray processes of other clusters."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        time.sleep(0.2)
+    for member in _session_members(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGKILL)
+
+
+def stop_local_head(data_dir: Path) -> bool:
+    """Stop the head recorded in ``data_dir`` (only that one: by its process group). True if one was running."""
+    with _head_lock(data_dir):
+        head = read_head(data_dir)
+        if head is None:
+            return False
+        running = _is_head_process(head.pid, head.dashboard_url)
+        if running:
+            _kill_group(head.pid)
+        (data_dir / HEAD_STATE_FILE).unlink(missing_ok=True)
+        return running

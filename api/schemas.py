@@ -1,0 +1,130 @@
+"""Response bodies of the API: pydantic models, separate from the ORM tables.
+
+The tables are how the registry stores things; these models are the contract
+with clients (and the OpenAPI document). Keeping them apart lets a column change
+without a client noticing, and keeps internals (output folders, the storage
+URL) out of responses. Request bodies are ``search.spec.SearchSpec``, the same
+model ``ktg search`` validates, so a field means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+StudyState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TrialStateName = Literal["complete", "pruned", "fail", "running", "waiting"]
+STUDY_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STUDY_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. 'nodes' or 'models.1'")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: one readable line, and per-field details for bad input."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class TrialCounts(BaseModel):
+    """Trials by state; trials re-queued after a driver died are not counted twice."""
+
+    complete: int
+    pruned: int
+    fail: int
+    running: int
+    waiting: int
+
+
+class RayJobOut(BaseModel):
+    submission_id: str
+    job_id: str | None = None
+    status: str | None = Field(None, description="Last Ray JobStatus seen (PENDING, RUNNING, SUCCEEDED, ...)")
+
+
+class StudySummary(BaseModel):
+    id: str
+    name: str
+    state: StudyState
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    links: dict[str, str]
+
+
+class StudyPage(BaseModel):
+    items: list[StudySummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class StudyStatus(StudySummary):
+    """A study's state, read back from Ray and from the Optuna storage."""
+
+    optuna_study: str = Field(description="Name of the Optuna study in the storage ('tenant.name')")
+    spec: dict[str, Any]
+    trials: TrialCounts
+    finished: int = Field(description="Counted trials that are over: complete + pruned + fail")
+    budget: int
+    progress: float = Field(ge=0, le=1, description="finished / budget")
+    best_val_acc: float | None = Field(
+        None, description="Best validation accuracy so far, over finished trials at the epoch each reached")
+    best_complete_val_acc: float | None = Field(
+        None, description="Best validation accuracy of a trial trained to the full budget (rank 1 of /best)")
+    message: str | None = Field(None, description="Why the study failed, when it did")
+    ray: RayJobOut
+
+
+class EpochAcc(BaseModel):
+    epoch: int
+    val_acc: float | None
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: TrialStateName
+    val_acc: float | None = Field(None, description="The trial's value: final (complete) or last (pruned) accuracy")
+    epochs_done: int | None = None
+    seed: int | None = None
+    interrupted: bool = Field(False, description="Its driver died; it was re-queued and is not counted")
+    skipped: str | None = Field(None, description="Why it was sampled but never trained")
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    history: list[EpochAcc] = Field(default_factory=list, description="Validation accuracy of node 1 per epoch")
+    graph: dict[str, Any] | None = Field(None, description="The trial's graph (ktg-graph/1)")
+
+
+class TrialPage(BaseModel):
+    items: list[TrialOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class BestGraph(BaseModel):
+    rank: int
+    trial: int
+    val_acc: float | None
+    graph: dict[str, Any] = Field(description="A ktg-graph/1 file: save it and run `ktg train --graph`")
+
+
+class BestList(BaseModel):
+    study: str
+    items: list[BestGraph]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    database: str
+    ray: str

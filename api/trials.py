@@ -1,0 +1,169 @@
+"""Fast reads of a study's trials, in SQL on the Optuna storage's tables.
+
+Status is polled (dashboards, ``watch curl``, CI waiting for a study), so it
+must stay cheap however many trials a study holds. ``search.storage.trial_counts``
+loads every trial (parameters, attributes, every epoch's value) to count them;
+for a 1,500-trial study that is hundreds of milliseconds per poll. Here the
+database counts: a handful of indexed aggregate queries, a few milliseconds.
+
+The rules are the same as ``search.storage``'s (trials marked ``interrupted``
+were re-queued and do not count; "best" means full-budget COMPLETE trials with
+a graph), and the tests check these reads against those helpers on the same
+study. The table models are Optuna's own (``optuna.storages._rdb.models``): the
+schema Optuna migrates is the one read here, not a copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from optuna.storages._rdb import models as om
+from optuna.trial import TrialState
+from sqlalchemy import and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from search.storage import ATTR_EPOCHS, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED, ATTR_SKIPPED
+
+# The trial states users filter by, as lower-case names (the keys of trial_counts).
+TRIAL_STATES: dict[str, TrialState] = {
+    "complete": TrialState.COMPLETE,
+    "pruned": TrialState.PRUNED,
+    "fail": TrialState.FAIL,
+    "running": TrialState.RUNNING,
+    "waiting": TrialState.WAITING,
+}
+_STATE_NAMES = {state: name for name, state in TRIAL_STATES.items()}
+_FINITE = om.TrialValueModel.TrialValueType.FINITE
+_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED)
+
+
+@dataclass
+class StudyFigures:
+    """What a status read reports about a study's trials."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIAL_STATES, 0))
+    best_val_acc: float | None = None  # over finished trials, at the epoch each reached
+    best_complete_val_acc: float | None = None  # over full-budget COMPLETE trials (rank 1 of /best)
+
+    @property
+    def finished(self) -> int:
+        return self.counts["complete"] + self.counts["pruned"] + self.counts["fail"]
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the trials endpoint shows it."""
+
+    number: int
+    state: str
+    value: float | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    history: list[tuple[int, float | None]]
+    attrs: dict[str, Any]
+
+
+def optuna_study_id(session: Session, study_name: str) -> int | None:
+    """Optuna's id of the study, or None while the search has not created it yet."""
+    return session.execute(select(om.StudyModel.study_id).where(om.StudyModel.study_name == study_name)).scalar()
+
+
+def _attr_is(key: str, value_json: str) -> Any:
+    attr = om.TrialUserAttributeModel
+    return exists().where(and_(attr.trial_id == om.TrialModel.trial_id, attr.key == key, attr.value_json == value_json))
+
+
+def _has_attr(key: str) -> Any:
+    attr = om.TrialUserAttributeModel
+    return exists().where(and_(attr.trial_id == om.TrialModel.trial_id, attr.key == key))
+
+
+def study_figures(session: Session, study_name: str) -> StudyFigures:
+    """Trial counts by state (re-queued ones left out) and the best accuracies so far."""
+    figures = StudyFigures()
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return figures
+    trial = om.TrialModel
+    counted = ~_attr_is(ATTR_INTERRUPTED, "true")
+    for state, count in session.execute(select(trial.state, func.count()).where(trial.study_id == study_id, counted)
+                                        .group_by(trial.state)):
+        name = _STATE_NAMES.get(state)
+        if name is not None:
+            figures.counts[name] = int(count)
+    value = om.TrialValueModel
+    best = (select(trial.state, func.max(value.value))
+            .join(value, value.trial_id == trial.trial_id)
+            .where(trial.study_id == study_id, value.objective == 0, value.value_type == _FINITE,
+                   trial.state.in_((TrialState.COMPLETE, TrialState.PRUNED)), _has_attr(ATTR_GRAPH))
+            .group_by(trial.state))
+    by_state = {state: _finite(v) for state, v in session.execute(best)}
+    figures.best_complete_val_acc = by_state.get(TrialState.COMPLETE)
+    figures.best_val_acc = max((v for v in by_state.values() if v is not None), default=None)
+    return figures
+
+
+def list_trials(session: Session, study_name: str, *, state: str | None, limit: int,
+                offset: int) -> tuple[int, list[TrialRecord]]:
+    """One page of trials (by number), and how many match in all."""
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return 0, []
+    trial = om.TrialModel
+    where = [trial.study_id == study_id]
+    if state is not None:
+        where.append(trial.state == TRIAL_STATES[state])
+    total = int(session.execute(select(func.count()).select_from(trial).where(*where)).scalar() or 0)
+    rows = session.execute(select(trial.trial_id, trial.number, trial.state, trial._datetime_start_utc,
+                                  trial._datetime_complete_utc)
+                           .where(*where).order_by(trial.number).offset(offset).limit(limit)).all()
+    ids = [r.trial_id for r in rows]
+    values, history, attrs = _values(session, ids), _history(session, ids), _attrs(session, ids)
+    return total, [TrialRecord(number=r.number, state=_STATE_NAMES.get(r.state, r.state.name.lower()),
+                               value=values.get(r.trial_id), started_at=_utc(r[3]), completed_at=_utc(r[4]),
+                               history=history.get(r.trial_id, []), attrs=attrs.get(r.trial_id, {}))
+                   for r in rows]
+
+
+def _values(session: Session, ids: Sequence[int]) -> dict[int, float | None]:
+    value = om.TrialValueModel
+    query = select(value.trial_id, value.value, value.value_type).where(value.trial_id.in_(ids), value.objective == 0)
+    return {tid: (_finite(v) if vtype == _FINITE else None) for tid, v, vtype in session.execute(query)}
+
+
+def _history(session: Session, ids: Sequence[int]) -> dict[int, list[tuple[int, float | None]]]:
+    inter = om.TrialIntermediateValueModel
+    finite = inter.TrialIntermediateValueType.FINITE
+    out: dict[int, list[tuple[int, float | None]]] = {}
+    query = (select(inter.trial_id, inter.step, inter.intermediate_value, inter.intermediate_value_type)
+             .where(inter.trial_id.in_(ids)).order_by(inter.trial_id, inter.step))
+    for tid, step, v, vtype in session.execute(query):
+        out.setdefault(tid, []).append((int(step), _finite(v) if vtype == finite else None))
+    return out
+
+
+def _attrs(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    attr = om.TrialUserAttributeModel
+    out: dict[int, dict[str, Any]] = {}
+    query = select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(ids), attr.key.in_(_ATTRS))
+    for tid, key, raw in session.execute(query):
+        try:
+            out.setdefault(tid, {})[key] = json.loads(raw)
+        except (TypeError, ValueError):
+            continue  # not written by ktg: leave it out rather than fail the page
+    return out
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: report those as unknown."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Optuna stores naive UTC datetimes."""
+    return value.replace(tzinfo=UTC) if value is not None else None
