@@ -53,6 +53,5 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
 
 WORKDIR /home/ray
 # No EXPOSE on purpose: the dashboard (8265) is also the Ray Jobs API, which runs
-# whatever command it is sent, without authentication. It must stay inside the
-# private network (compose network / cluster), so nothing invites `docker run -P`
-# to publish it.
+# whatever command it is sent. It must stay inside the private network (compose
+# network / cluster), so nothing invites `docker run -P` to publish it.

@@ -127,7 +127,7 @@ def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), see
     for epoch in range(recipe.epochs):
         run.train_epoch(epoch, on_batch)
         if data.val_x is not None:
-            accs = run.accuracy(data.val_x, data.val_y)
+            accs = run.accuracy("val")
             for nid, acc in accs.items():
                 results[nid].val_acc.append(acc)
             if on_epoch is not None:
@@ -135,7 +135,7 @@ def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), see
         elif on_epoch is not None:
             on_epoch(epoch + 1, {})
     if evaluate_test:
-        for nid, acc in run.accuracy(data.test_x, data.test_y).items():
+        for nid, acc in run.accuracy("test").items():
             results[nid].test_acc = acc
     return RunResult(results, models, recipe.epochs)
 
@@ -222,6 +222,7 @@ class _GraphRun:
             self.optimizer, milestones=recipe.milestone_epochs(), gamma=recipe.gamma)
         self.total_steps = recipe.epochs * len(self.batches)
         self.step = 0
+        self._eval: dict[str, DeviceBatches] = {}
 
     def _needed_sources(self, edges: list[Edge]) -> set[int]:
         return {e.source for e in edges if e.source != LABEL_NODE}
@@ -286,11 +287,19 @@ class _GraphRun:
         return lkd_loss(local, mine.logits, e.temperature), correct
 
     @torch.no_grad()
-    def accuracy(self, x: Tensor, y: Tensor) -> dict[int, float]:
-        """Top-1 accuracy of every node on (x, y); one host sync at the end."""
-        loader = DeviceBatches(x, y, batch_size=EVAL_BATCH, mean=self.data.mean, std=self.data.std,
-                               augment=None, seed=0, device=self.accel.device, shuffle=False,
-                               drop_last=False, channels_last=self.accel.channels_last)
+    def _eval_batches(self, split: str) -> DeviceBatches:
+        """The split's images, moved to the device once and kept there."""
+        if split not in self._eval:
+            x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
+            self._eval[split] = DeviceBatches(
+                x, y, batch_size=EVAL_BATCH, mean=self.data.mean, std=self.data.std, augment=None, seed=0,
+                device=self.accel.device, shuffle=False, drop_last=False, channels_last=self.accel.channels_last)
+        return self._eval[split]
+
+    def accuracy(self, split: str) -> dict[int, float]:
+        """Top-1 accuracy of every scored node on 'val' or 'test'; one host sync at the end."""
+        loader = self._eval_batches(split)
+        y = getattr(self.data, f"{split}_y")
         ids = self.scored
         correct = torch.zeros(len(ids), dtype=torch.long, device=self.accel.device)
         with _eval_mode(self.models.values()):

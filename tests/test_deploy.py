@@ -37,13 +37,15 @@ SECRET_TEMPLATE = DEPLOY / "secret.example.yaml"
 
 SERVICES = {"postgres", "ray-head", "ray-worker", "api"}
 API_PORT = 8000
-# 8265 is the Ray dashboard and Jobs API (runs any command, no authentication),
-# 6379 the GCS, 10001 the Ray Client server: none may be published.
+# 8265 is the Ray dashboard and Jobs API (runs any command it is sent), 6379 the
+# GCS, 10001 the Ray Client server: none may be published.
 RAY_DASHBOARD_PORT = 8265
 RAY_PRIVATE_PORTS = {RAY_DASHBOARD_PORT, 6379, 10001}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 ONLY_A_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?[-?+])[^}]*)?\}$")
 URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
+# Short volume syntax SOURCE:TARGET[:MODE], where SOURCE may be a ${VAR:-default}.
+SHORT_VOLUME = re.compile(r"^((?:\$\{[^}]*\}|[^:])*):([^:]+)(?::[^:]*)?$")
 PLACEHOLDER = "REPLACE_ME"
 
 
@@ -73,8 +75,9 @@ def compose_mounts(svc: dict[str, Any]) -> dict[str, str]:
         if isinstance(entry, dict):
             mounts[entry["target"]] = str(entry.get("source", ""))
         else:
-            source, _, rest = str(entry).partition(":")
-            mounts[rest.partition(":")[0]] = source
+            match = SHORT_VOLUME.match(str(entry))
+            assert match, f"cannot read the volume {entry!r}"
+            mounts[match[2]] = match[1]
     return mounts
 
 
@@ -377,16 +380,33 @@ def test_compose_holds_no_literal_password_or_token():
     assert "REPLACE_ME" not in text
 
 
-def test_api_tokens_come_from_a_git_ignored_compose_secret():
-    api = service("api")
-    path = service_env(api)["KTG_API_TOKENS_FILE"]
+def _compose_secret_of(name: str, var: str) -> str:
+    """The compose secret whose file the service's ``var`` names (and that the service mounts)."""
+    path = service_env(service(name))[var]
     secret = path.removeprefix("/run/secrets/")
-    assert path.startswith("/run/secrets/") and secret in api["secrets"]
-    source = ROOT / compose()["secrets"][secret]["file"]
-    if shutil.which("git") and (ROOT / ".git").exists():
-        ignored = subprocess.run(["git", "check-ignore", "-q", str(source)], cwd=ROOT)
-        assert ignored.returncode == 0, f"{source} must be git-ignored"
-    assert _dockerignored(str(source.relative_to(ROOT)))
+    assert path.startswith("/run/secrets/") and secret in service(name).get("secrets", []), f"{name}: {var}={path}"
+    return secret
+
+
+def test_api_tokens_come_from_a_compose_secret():
+    assert _compose_secret_of("api", "KTG_API_TOKENS_FILE") in compose()["secrets"]
+
+
+def test_every_ray_process_and_client_uses_the_same_ray_auth_token():
+    secrets = set()
+    for name in ("api", "ray-head", "ray-worker"):
+        assert service_env(service(name))["RAY_AUTH_MODE"] == "token", name
+        secrets.add(_compose_secret_of(name, "RAY_AUTH_TOKEN_PATH"))
+    assert len(secrets) == 1, secrets
+
+
+def test_compose_secret_files_stay_out_of_git_and_of_the_build_context():
+    for name, secret in compose()["secrets"].items():
+        source = (ROOT / secret["file"]).resolve()
+        if shutil.which("git") and (ROOT / ".git").exists():
+            ignored = subprocess.run(["git", "check-ignore", "-q", str(source)], cwd=ROOT)
+            assert ignored.returncode == 0, f"secret {name}: {source} must be git-ignored"
+        assert _dockerignored(str(source.relative_to(ROOT))), f"secret {name}: {source} is in the build context"
 
 
 def test_every_compose_variable_is_documented_in_the_env_example():
@@ -597,6 +617,19 @@ def test_kubernetes_env_carries_no_literal_secret():
                 assert not URL_PASSWORD.search(value), f"{path.name}: {key}"
                 if SECRET_NAME.search(key) or key == "KTG_STORAGE":
                     assert "valueFrom" in entry or key.endswith("_FILE"), f"{path.name}: {key} must come from a Secret"
+
+
+def test_ray_token_auth_is_on_for_every_ray_container_the_autoscaler_and_the_api():
+    rc = one("RayCluster")
+    env_lists = {c["name"]: c.get("env", []) for c in [*ray_containers(), api_container()]}
+    env_lists["autoscaler"] = rc["spec"]["autoscalerOptions"].get("env", [])
+    sources = set()
+    for where, env in env_lists.items():
+        by_name = {e["name"]: e for e in env}
+        assert by_name.get("RAY_AUTH_MODE", {}).get("value") == "token", where
+        ref = by_name["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        sources.add((ref["name"], ref["key"]))
+    assert len(sources) == 1, f"one token for the whole cluster: {sources}"
 
 
 def test_api_reads_its_tokens_from_the_mounted_secret():
