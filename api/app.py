@@ -100,7 +100,7 @@ def field_errors(errors: list[Any]) -> list[FieldError]:
         if kind == "json_invalid":
             where = "body"
             message = f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
-        elif kind == "extra_forbidden":
+        elif kind == "extra_forbidden" and loc[:1] == ["body"]:
             message = f"unknown field; allowed: {', '.join(SearchSpec.model_fields)}"
         elif kind == "missing" and where == "body":
             message = "a JSON object is required"
@@ -123,6 +123,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, ValueError):
+            # FastAPI's answer to a body it cannot decode (not UTF-8): malformed JSON, like any other
+            message = f"malformed JSON: {type(exc.__cause__).__name__}"
+            return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid request: body: {message}",
+                          errors=[FieldError(field="body", message=message)])
         return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
     async def on_database(request: Request, exc: Exception) -> JSONResponse:

@@ -37,6 +37,26 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def reject_unknown_query(request: Request) -> None:
+    """422 for query parameters the operation does not take: a typo such as ``?kk=5``
+    must not silently fall back to the default."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.routing import APIRoute
+
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = {param.alias for param in route.dependant.query_params}
+    for dep in route.dependant.dependencies:
+        known |= {param.alias for param in dep.query_params}
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name or "(empty name)"),
+                                       "msg": f"unknown query parameter; allowed: {allowed}", "input": name}
+                                      for name in unknown])
+
+
 def get_tenant(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
                settings: Annotated[Settings, Depends(get_settings)]) -> str:
     """The tenant owning the request's bearer token, or 401."""

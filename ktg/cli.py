@@ -198,6 +198,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_number(name: str, kind: type) -> float | int | None:
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        print(f"ktg: error: ${name}: got {raw!r}; allowed: a number", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 # -- parser -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,9 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--storage", help="postgresql://user@host/db or sqlite:///file.db (default $KTG_STORAGE, "
                                      "else sqlite:///ktg-studies.db)")
-    p.add_argument("--workers", type=int, default=None, help="trials running at once (default: CPUs / cpus-per-trial)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions pack several graphs on one GPU")
+    # Defaults may come from the environment, so a cluster (e.g. its Ray job image) sets them once.
+    p.add_argument("--workers", type=int, default=_env_number("KTG_WORKERS", int),
+                   help="trials running at once (default $KTG_WORKERS, else cluster CPUs / cpus-per-trial)")
+    p.add_argument("--cpus-per-trial", type=float, default=_env_number("KTG_CPUS_PER_TRIAL", float) or 1.0,
+                   help="default $KTG_CPUS_PER_TRIAL, else 1")
+    p.add_argument("--gpus-per-trial", type=float, default=_env_number("KTG_GPUS_PER_TRIAL", float) or 0.0,
+                   help="default $KTG_GPUS_PER_TRIAL, else 0; fractions pack several graphs on one GPU")
     p.add_argument("--ray-address", help="existing Ray cluster (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--out", default="runs/search", help="best.json, teachers and Ray's files go here")
     p.add_argument("--resume", action="store_true", help="continue a study after a crash or Ctrl-C")

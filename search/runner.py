@@ -150,9 +150,15 @@ class GraphSearcher(Searcher):
             self.live[trial_id] = trial
             self.tally.running += 1
             return {"graph": graph, "spec": self.spec.model_dump(), "trial_number": trial.number,
-                    "cache_dir": str(self.options.out_dir / "teachers"), "device": self.options.device,
+                    "cache_dir": str(self.options.out_dir / "teachers"), "device": self._device(),
                     "cpus": self.options.cpus_per_trial, "poison": trial.number in self.poison}
         return self.FINISHED
+
+    def _device(self) -> str:
+        # A trial granted no GPU must not wander onto one: Ray does not hide them from it.
+        if self.options.device == "auto" and self.options.gpus_per_trial == 0:
+            return "cpu"
+        return self.options.device
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self.live.get(trial_id)

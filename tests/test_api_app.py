@@ -23,6 +23,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from optuna.trial import TrialState, create_trial
 from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
 from sqlalchemy import select, text
 
 from api.app import create_app
@@ -327,7 +329,20 @@ def _fuzz_cases() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def api_schema(app: FastAPI) -> Any:
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+    # Alice's token through the schema's own security scheme, so negative cases
+    # may still drop or spoil it (and then must get 401).
+    token = next(t for t, tenant in TOKENS.items() if tenant == "alice")
+    config = SchemathesisConfig.from_dict({"auth": {"openapi": {"HTTPBearer": {"bearer": token}}}})
+    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+
+
+@schemathesis.check
+def no_internal_error(ctx: Any, response: Any, case: Any) -> bool | None:
+    """500 (or 502/504) means a bug. 503 is the documented answer when Ray (configured
+    unreachable here) or the database does not answer, so it is allowed."""
+    if response.status_code >= 500 and response.status_code != 503:
+        raise AssertionError(f"internal error {response.status_code}: {response.text[:300]}")
+    return None
 
 
 @pytest.mark.parametrize(("method", "path", "mode", "real_study"), _fuzz_cases())
@@ -344,6 +359,6 @@ def test_fuzz_every_endpoint_never_500(api_schema: Any, filled: tuple[str, optun
     @given(case=api_schema[path][method].as_strategy(generation_mode=mode, path_parameters=pinned))
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case: Any) -> None:
-        case.call_and_validate(headers=ALICE)
+        case.call_and_validate(excluded_checks=[not_a_server_error], additional_checks=[no_internal_error])
 
     check()

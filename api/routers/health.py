@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy import text
 
-from api.deps import RegistryDep
+from api.deps import RegistryDep, reject_unknown_query
 from api.jobs import RayUnavailable
-from api.schemas import Health, Readiness
+from api.schemas import ErrorOut, Health, Readiness
 
 log = logging.getLogger("ktg.api")
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[Depends(reject_unknown_query)])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness: the API process answers")
+@router.get("/healthz", response_model=Health, summary="Liveness: the API process answers",
+            responses={422: {"model": ErrorOut, "description": "Unknown query parameter"}})
 def healthz() -> Health:
     return Health(status="ok")
 
 
 @router.get("/readyz", response_model=Readiness, summary="Readiness: the database and Ray answer",
-            responses={503: {"model": Readiness, "description": "The database or Ray does not answer"}})
+            responses={503: {"model": Readiness, "description": "The database or Ray does not answer"},
+                       422: {"model": ErrorOut, "description": "Unknown query parameter"}})
 def readyz(request: Request, registry: RegistryDep, response: Response) -> Readiness:
     database = ray = "ok"
     try:

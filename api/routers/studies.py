@@ -10,14 +10,14 @@ import logging
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.db import StudyRow
-from api.deps import DbSession, RegistryDep, SettingsDep, Tenant
+from api.deps import DbSession, RegistryDep, SettingsDep, Tenant, get_tenant, reject_unknown_query
 from api.jobs import RayUnavailable
 from api.registry import new_row, optuna_name
 from api.schemas import (
@@ -52,7 +52,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 MAX_RANK = 100
 
-router = APIRouter(prefix=PREFIX, tags=["studies"], responses=_ERRORS)
+router = APIRouter(prefix=PREFIX, tags=["studies"], responses=_ERRORS, dependencies=[Depends(get_tenant), Depends(reject_unknown_query)])
 StudyId = Annotated[UUID, Path(description="The study id returned by POST /v1/studies")]
 
 
