@@ -18,6 +18,8 @@ from pathlib import Path
 from ktg.errors import KtgError
 
 EXIT_USAGE = 2
+# Environment defaults of `ktg search`'s trial resources, set once per cluster.
+RESOURCE_ENV = ("KTG_WORKERS", "KTG_CPUS_PER_TRIAL", "KTG_GPUS_PER_TRIAL")
 
 
 # -- shared argument groups ------------------------------------------------------

@@ -223,10 +223,11 @@ def api_serve_argvs() -> dict[str, list[str]]:
 def known_env_names() -> set[str]:
     """The variables the code reads: the API's contract, plus what the engine reads on Ray nodes."""
     from api.settings import ENV_NAMES
+    from ktg.cli import RESOURCE_ENV
     from ktg.teachers import CACHE_ENV
     from search.storage import STORAGE_ENV
 
-    return {*ENV_NAMES, CACHE_ENV, STORAGE_ENV}
+    return {*ENV_NAMES, *RESOURCE_ENV, CACHE_ENV, STORAGE_ENV}
 
 
 def ktg_env_names_used() -> dict[str, set[str]]:
