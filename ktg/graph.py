@@ -162,7 +162,7 @@ class Graph:
         ``teacher_classes`` maps a frozen node to its number of outputs when a
         checkpoint fixes it.
         """
-        foreign = {n.id for n in self.nodes if not _same_label_space(n, dataset, classes)}
+        foreign = {n.id for n in self.nodes if not _same_label_space(n, dataset, classes, num_classes)}
         foreign |= {nid for nid, count in (teacher_classes or {}).items() if count != num_classes}
         return foreign
 
@@ -191,14 +191,21 @@ class Graph:
         return warnings
 
 
-def _same_label_space(node: Node, dataset: str, classes: list[int] | None) -> bool:
+def _same_label_space(node: Node, dataset: str, classes: list[int] | None, num_classes: int) -> bool:
+    """Whether the node's output k means the run's label k.
+
+    Label k of a run is its k-th kept class (``classes`` in label order, all
+    classes when None); a teacher's are its sorted ``pretrain.classes``, or the
+    run's own when it names none.
+    """
     if node.pretrain is None:
         return True
     if node.pretrain.dataset is not None and node.pretrain.dataset != dataset:
         return False
     if node.pretrain.classes is None:
-        return classes is None
-    return classes is not None and list(node.pretrain.classes) == sorted(classes)
+        return True
+    run_labels = list(classes) if classes is not None else list(range(num_classes))
+    return list(node.pretrain.classes) == run_labels
 
 
 # -- parsing -----------------------------------------------------------------

@@ -204,7 +204,6 @@ class _GraphRun:
         self.scored = scored
         self.forward = {nid: accel.compiled(m) for nid, m in models.items()}
         self.trained = graph.trained_ids
-        self.frozen = graph.frozen_ids
         self.num_classes = data.num_classes
         self.batches = DeviceBatches(
             data.train_x, data.train_y, batch_size=recipe.batch_size, mean=data.mean, std=data.std,
@@ -224,27 +223,28 @@ class _GraphRun:
         self.step = 0
         self._eval: dict[str, DeviceBatches] = {}
 
-    def _needed_sources(self, edges: list[Edge]) -> set[int]:
-        return {e.source for e in edges if e.source != LABEL_NODE}
-
     def train_epoch(self, epoch: int, on_batch: BatchCallback | None) -> None:
         edges = {t: [e for e in self.graph.incoming(t) if e.active(epoch)] for t in self.trained}
-        frozen_needed = sorted(self._needed_sources([e for es in edges.values() for e in es])
-                               & set(self.frozen))
-        for nid in self.trained:
-            self.models[nid].train()
-        for nid in self.frozen:
-            self.models[nid].eval()
-        finite = torch.ones(len(self.trained), dtype=torch.bool, device=self.accel.device)
+        # A trained node whose edges are all windowed shut this epoch rests: like a
+        # teacher, it runs (eval mode, no_grad) only if a learning node needs it.
+        learning = [t for t in self.trained if edges[t]]
+        teaching = sorted({e.source for t in learning for e in edges[t]} - {LABEL_NODE, *learning})
+        for nid, model in self.models.items():
+            model.train(nid in learning)
+        if not learning:
+            self.step += len(self.batches)
+            self.schedule.step()
+            return
+        finite = torch.ones(len(learning), dtype=torch.bool, device=self.accel.device)
         for i, (x, y) in enumerate(self.batches.epoch(epoch)):
             with self.accel.autocast():
                 outs: dict[int, _Outputs] = {}
                 with torch.no_grad():
-                    for nid in frozen_needed:
+                    for nid in teaching:
                         outs[nid] = _Outputs(*self.forward[nid](x))
-                for nid in self.trained:
+                for nid in learning:
                     outs[nid] = _Outputs(*self.forward[nid](x))
-            losses = torch.stack([self._node_loss(t, edges[t], outs, y) for t in self.trained])
+            losses = torch.stack([self._node_loss(t, edges[t], outs, y) for t in learning])
             finite &= torch.isfinite(losses)
             self.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
@@ -254,21 +254,19 @@ class _GraphRun:
                 on_batch(epoch, i + 1)
         self.schedule.step()
         if not bool(finite.all()):  # the one host sync of the epoch
-            bad = [self.trained[i] for i, ok in enumerate(finite.tolist()) if not ok]
+            bad = [learning[i] for i, ok in enumerate(finite.tolist()) if not ok]
             raise NonFiniteLoss(f"node {bad[0]}: loss became NaN or inf in epoch {epoch + 1} "
                                 f"(model {self.graph.node(bad[0]).model}); lower --lr or check the graph")
 
     def _node_loss(self, target: int, edges: list[Edge], outs: dict[int, _Outputs], labels: Tensor) -> Tensor:
         """``L_t = mean_n sum_{edges s->t} w * G(l_{s,t}(n))``, sources detached."""
         progress = self.step / self.total_steps
-        total: Tensor | None = None
         mine = outs[target]
+        terms = []
         for e in edges:
             values, correct = self._edge_loss(e, mine, outs, labels)
-            term = e.weight * gate(values, e.gate, progress=progress, correct=correct)
-            total = term if total is None else total + term
-        assert total is not None  # a trained node has at least one incoming edge
-        return total.mean()
+            terms.append(e.weight * gate(values, e.gate, progress=progress, correct=correct))
+        return torch.stack(terms).sum(dim=0).mean()
 
     def _edge_loss(self, e: Edge, mine: _Outputs, outs: dict[int, _Outputs],
                    labels: Tensor) -> tuple[Tensor, Tensor | None]:

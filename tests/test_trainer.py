@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import queue
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +189,11 @@ def test_teacher_is_pretrained_once_and_cached(digits_data: ImageData, alone: Ru
     assert same_state(second.state_dicts()[2], cached)
     assert same_state(second.state_dicts()[1], first.state_dicts()[1])
 
-    # Another recipe is another teacher.
+    # The file is named by the cache key; another recipe or seed is another teacher.
     third_cache = TeacherCache(DataSpec("digits"), tmp_path / "teachers", quiet=True)
-    third_cache_key = third_cache.key(Node(2, MODEL), Recipe(epochs=1, lr=0.05), 0)[1]
-    assert third_cache_key != teacher_file.stem
+    assert third_cache.key(Node(2, MODEL), ONE_EPOCH, 0)[1] == teacher_file.stem
+    assert third_cache.key(Node(2, MODEL), Recipe(epochs=1, lr=0.05), 0)[1] != teacher_file.stem
+    assert third_cache.key(Node(2, MODEL), ONE_EPOCH, 1)[1] != teacher_file.stem
 
 
 def _pretrain_in_another_process(root: str, index: int, barrier: Any, results: Any) -> None:
@@ -210,8 +213,15 @@ def test_two_processes_never_train_the_same_teacher(tmp_path: Path) -> None:
                for i in range(2)]
     for w in workers:
         w.start()
+    got: list[tuple[int, int, int]] = []
     try:
-        got = sorted(results.get(timeout=240) for _ in workers)
+        deadline = time.monotonic() + 240
+        while len(got) < len(workers) and time.monotonic() < deadline:
+            try:
+                got.append(results.get(timeout=1))
+            except queue.Empty:
+                if any(w.exitcode not in (None, 0) for w in workers):
+                    break  # a worker died: fail now rather than wait for the deadline
     finally:
         for w in workers:
             w.join(timeout=60)
