@@ -102,6 +102,4 @@ def graph_of(trial: FrozenTrial, study_name: str) -> Graph:
     """The trial's graph as a ``ktg-graph/1`` file with its provenance in ``meta``."""
     graph = Graph.from_dict(trial.user_attrs[ATTR_GRAPH])
     return graph.with_meta(study=study_name, trial=trial.number, val_acc=trial.value,
-                           seed=trial.user_attrs.get(ATTR_SEED),
-                           epochs=trial.user_attrs.get(ATTR_EPOCHS),
-                           **{k: v for k, v in graph.meta.items() if k not in {"study", "trial", "val_acc"}})
+                           seed=trial.user_attrs.get(ATTR_SEED), epochs=trial.user_attrs.get(ATTR_EPOCHS))
