@@ -27,6 +27,7 @@ from api.registry import Reconciler, Redactor, Registry, StatusCache
 from api.routers import health, studies
 from api.schemas import ErrorOut, FieldError
 from api.settings import Settings
+from api.status import StatusReader
 from search.spec import SearchSpec
 
 log = logging.getLogger("ktg.api")
@@ -89,6 +90,27 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class JsonBodies:
+    """Read request bodies as JSON whatever their declared type, as this API takes nothing else.
+
+    ``curl -d '{...}'`` (the documented way to submit a study) labels its body
+    ``application/x-www-form-urlencoded``, and FastAPI only parses
+    ``application/json``. Relabelling is safe here: requests authenticate with a
+    bearer header, never a cookie, so a cross-site form post cannot carry credentials.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in {"POST", "PUT", "PATCH"}:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            declared = dict(scope["headers"]).get(b"content-type", b"")
+            if not declared or declared.split(b";")[0].strip().lower() == b"application/x-www-form-urlencoded":
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def field_errors(errors: list[Any]) -> list[FieldError]:
     """One entry per problem, named by field (the location without 'body'/'query'/'path')."""
     out = []
@@ -96,7 +118,7 @@ def field_errors(errors: list[Any]) -> list[FieldError]:
         loc = [str(p) for p in err.get("loc", ())]
         where = ".".join(loc[1:] if loc and loc[0] in {"body", "query", "path", "header"} else loc) or "body"
         kind = err.get("type", "")
-        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ").removeprefix(f"{where}: ")
         if kind == "json_invalid":
             where = "body"
             message = f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
@@ -191,9 +213,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.registry = registry
+    app.state.status_reader = StatusReader(sessions, registry, settings.status_ttl_s)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(health.router, prefix="/v1", include_in_schema=False)
     app.include_router(studies.router)
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

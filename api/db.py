@@ -16,9 +16,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, Index, String, Text, UniqueConstraint, create_engine, select, text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 SCHEMA_VERSION = 1
 # migration i (0-based) takes the schema from version i+1 to i+2; append, never edit.
@@ -29,6 +44,21 @@ _MIGRATION_LOCK = 0x6B7467  # "ktg"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC, aware on the way out whatever the database (SQLite keeps none)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None and value.tzinfo else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -52,16 +82,16 @@ class StudyRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # queued | running | succeeded | failed | cancelled (what users see).
     state: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Ray Jobs: the submission id is the study id (a retried submit cannot start a
     # second search); job_id is Ray's own id, known once the job was accepted.
     submission_id: Mapped[str] = mapped_column(String(64), unique=True)
-    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ray_job_id: Mapped[str | None] = mapped_column(String(64))
     job_status: Mapped[str | None] = mapped_column(String(16))  # last Ray JobStatus seen
-    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     message: Mapped[str | None] = mapped_column(Text)  # why it failed, from Ray (password redacted)
     out_dir: Mapped[str] = mapped_column(Text)
 
@@ -73,7 +103,7 @@ class SchemaVersionRow(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     version: Mapped[int]
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -109,11 +139,11 @@ def init_schema(engine: Engine) -> int:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        SchemaVersionRow.__table__.create(conn, checkfirst=True)
+        Base.metadata.create_all(conn, tables=[Base.metadata.tables[SchemaVersionRow.__tablename__]])
         version = conn.execute(select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)).scalar_one_or_none()
         if version is None:  # fresh database: build the current layout and stamp it
             Base.metadata.create_all(conn)
-            conn.execute(SchemaVersionRow.__table__.insert().values(id=1, version=SCHEMA_VERSION, updated_at=utcnow()))
+            conn.execute(insert(SchemaVersionRow).values(id=1, version=SCHEMA_VERSION, updated_at=utcnow()))
             return SCHEMA_VERSION
         if version > SCHEMA_VERSION:
             raise SchemaError(f"the registry schema in this database is version {version}, newer than this API "
@@ -122,6 +152,6 @@ def init_schema(engine: Engine) -> int:
             migrate(conn)
         Base.metadata.create_all(conn)  # tables new since that version (creates only what is missing)
         if version != SCHEMA_VERSION:
-            conn.execute(SchemaVersionRow.__table__.update().where(SchemaVersionRow.id == 1)
+            conn.execute(update(SchemaVersionRow).where(SchemaVersionRow.id == 1)
                          .values(version=SCHEMA_VERSION, updated_at=utcnow()))
         return SCHEMA_VERSION

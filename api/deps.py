@@ -1,5 +1,8 @@
 """Request dependencies: who is calling (bearer token -> tenant) and a database session.
 
+The cheap ones are ``async``: FastAPI runs sync dependencies in its thread pool,
+and a thread hop per dependency per request is most of a cached status read.
+
 Tokens come from configuration (``Settings.tokens``) and are compared in
 constant time. A missing or unknown token is 401 with ``WWW-Authenticate:
 Bearer`` (RFC 6750), so clients and proxies know which scheme to use.
@@ -21,12 +24,12 @@ from api.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="A token from KTG_API_TOKENS ('tenant:token')")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
@@ -37,7 +40,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """422 for query parameters the operation does not take: a typo such as ``?kk=5``
     must not silently fall back to the default."""
     from fastapi.exceptions import RequestValidationError
@@ -57,8 +60,8 @@ def reject_unknown_query(request: Request) -> None:
                                       for name in unknown])
 
 
-def get_tenant(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-               settings: Annotated[Settings, Depends(get_settings)]) -> str:
+async def get_tenant(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                     settings: Annotated[Settings, Depends(get_settings)]) -> str:
     """The tenant owning the request's bearer token, or 401."""
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token (Authorization: Bearer <token>)",

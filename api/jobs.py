@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api.settings import DATA_DIR_ENV
+from api.settings import DATA_DIR_ENV, TOKENS_ENV, TOKENS_FILE_ENV
 from search.storage import STORAGE_ENV
 
 # Ray JobStatus -> the study state users see.
@@ -81,7 +81,7 @@ class _HTTPError(RuntimeError):
         self.status_code = status_code
 
 
-def _client_class() -> type:
+def _client_class() -> type[Any]:
     """A JobSubmissionClient with request timeouts and typed HTTP errors.
 
     Built lazily: importing Ray's job SDK costs a second of start-up that
@@ -380,7 +380,9 @@ def _start_head(data_dir: Path, storage: str, fingerprint: str, start_timeout_s:
            # Fixed defaults (10001, 52365, ...) would collide with any other Ray on this machine.
            "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
            "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port())]
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "RAY_AUTH_TOKEN"}}
+    # The searches need the storage, not the API's bearer tokens: keep those out of Ray.
+    private = {"RAY_ADDRESS", "RAY_AUTH_TOKEN", TOKENS_ENV, TOKENS_FILE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in private}
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
     env[STORAGE_ENV] = storage
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -423,14 +425,17 @@ def _kill_group(pid: int, grace_s: float = 30.0) -> None:
             os.kill(member, signal.SIGKILL)
 
 
-def stop_local_head(data_dir: Path) -> bool:
-    """Stop the head recorded in ``data_dir`` (only that one: by its process group). True if one was running."""
+def stop_local_head(data_dir: Path, grace_s: float = 30.0) -> bool:
+    """Stop the head recorded in ``data_dir`` (only that one: by its process group). True if one was running.
+
+    Ray drains for up to 30 s on SIGTERM; ``grace_s`` bounds the wait before SIGKILL.
+    """
     with _head_lock(data_dir):
         head = read_head(data_dir)
         if head is None:
             return False
         running = _is_head_process(head.pid, head.dashboard_url)
         if running:
-            _kill_group(head.pid)
+            _kill_group(head.pid, grace_s)
         (data_dir / HEAD_STATE_FILE).unlink(missing_ok=True)
         return running

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, Result, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import StudyRow, utcnow
@@ -39,6 +39,11 @@ log = logging.getLogger("ktg.api")
 # itself refuses a second search.
 _ID_NAMESPACE = uuid.UUID("3f6c2a52-2f8e-4c55-9d8e-6b7467000001")
 ACTIVE_STATES = ("queued", "running")
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched (the compare-and-set succeeded when 1)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def study_id(tenant: str, name: str) -> str:
@@ -75,23 +80,29 @@ class Redactor:
 
 class StatusCache:
     """Ray job statuses, fresh for ``ttl_s``: many clients polling one study cost one
-    dashboard request per ttl, not one per poll. Failures are not cached."""
+    dashboard request per ttl, not one per poll. An unreachable Ray is remembered for
+    ``ttl_s`` too, so an outage does not make every status read wait on a connect."""
 
     def __init__(self, jobs: RayJobs, ttl_s: float) -> None:
         self.jobs, self.ttl_s = jobs, ttl_s
-        self._entries: dict[str, tuple[float, JobState | None]] = {}
+        self._entries: dict[str, tuple[float, JobState | RayUnavailable | None]] = {}
         self._lock = threading.Lock()
 
     def get(self, submission_id: str) -> JobState | None:
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(submission_id)
-        if entry is not None and now - entry[0] < self.ttl_s:
-            return entry[1]
-        state = self.jobs.status(submission_id)
-        with self._lock:
-            self._entries[submission_id] = (now, state)
-        return state
+        if entry is None or now - entry[0] >= self.ttl_s:
+            try:
+                entry = (now, self.jobs.status(submission_id))
+            except RayUnavailable as exc:
+                entry = (now, exc)
+            with self._lock:
+                self._entries[submission_id] = entry
+        result = entry[1]
+        if isinstance(result, RayUnavailable):  # a fresh exception: the cached one is shared across threads
+            raise RayUnavailable(str(result), ambiguous=result.ambiguous)
+        return result
 
     def forget(self, submission_id: str) -> None:
         with self._lock:
@@ -156,8 +167,8 @@ class Registry:
             return row
         values["updated_at"] = utcnow()
         with self.sessions.begin() as session:
-            done = session.execute(update(StudyRow).where(StudyRow.id == row.id, StudyRow.state == row.state)
-                                   .values(**values)).rowcount
+            done = _rowcount(session.execute(update(StudyRow).where(StudyRow.id == row.id, StudyRow.state == row.state)
+                                             .values(**values)))
             fresh = session.get(StudyRow, row.id)
         if not done:
             log.info("study %s changed meanwhile; kept the newer state", row.id)
@@ -180,9 +191,9 @@ class Registry:
         """
         with self.sessions.begin() as session:
             now = utcnow()
-            cancelled = session.execute(
+            cancelled = _rowcount(session.execute(
                 update(StudyRow).where(StudyRow.id == row.id, StudyRow.state.in_(ACTIVE_STATES))
-                .values(state="cancelled", cancel_requested_at=now, finished_at=now, updated_at=now)).rowcount
+                .values(state="cancelled", cancel_requested_at=now, finished_at=now, updated_at=now)))
         self.cache.forget(row.submission_id)
         if cancelled or row.state == "cancelled":
             try:

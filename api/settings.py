@@ -60,6 +60,8 @@ class Settings:
     # How long a Ray job status read stays fresh: status polling by many clients
     # must not turn into one dashboard request per poll.
     ray_status_ttl_s: float = 2.0
+    # How long a computed study status is served to pollers before it is read again.
+    status_ttl_s: float = 1.0
     # How often the background reconciler submits, re-submits or stops jobs
     # whose Ray state disagrees with the registry (0 disables it, for tests).
     reconcile_interval_s: float = 5.0

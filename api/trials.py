@@ -27,17 +27,18 @@ from optuna.trial import TrialState
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
+from api.schemas import TrialStateName
 from search.storage import ATTR_EPOCHS, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED, ATTR_SKIPPED
 
 # The trial states users filter by, as lower-case names (the keys of trial_counts).
-TRIAL_STATES: dict[str, TrialState] = {
+TRIAL_STATES: dict[TrialStateName, TrialState] = {
     "complete": TrialState.COMPLETE,
     "pruned": TrialState.PRUNED,
     "fail": TrialState.FAIL,
     "running": TrialState.RUNNING,
     "waiting": TrialState.WAITING,
 }
-_STATE_NAMES = {state: name for name, state in TRIAL_STATES.items()}
+_STATE_NAMES: dict[TrialState, TrialStateName] = {state: name for name, state in TRIAL_STATES.items()}
 _FINITE = om.TrialValueModel.TrialValueType.FINITE
 _ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED)
 
@@ -60,7 +61,7 @@ class TrialRecord:
     """One trial as the trials endpoint shows it."""
 
     number: int
-    state: str
+    state: TrialStateName
     value: float | None
     started_at: datetime | None
     completed_at: datetime | None
@@ -108,7 +109,7 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     return figures
 
 
-def list_trials(session: Session, study_name: str, *, state: str | None, limit: int,
+def list_trials(session: Session, study_name: str, *, state: TrialStateName | None, limit: int,
                 offset: int) -> tuple[int, list[TrialRecord]]:
     """One page of trials (by number), and how many match in all."""
     study_id = optuna_study_id(session, study_name)
@@ -124,7 +125,7 @@ def list_trials(session: Session, study_name: str, *, state: str | None, limit: 
                            .where(*where).order_by(trial.number).offset(offset).limit(limit)).all()
     ids = [r.trial_id for r in rows]
     values, history, attrs = _values(session, ids), _history(session, ids), _attrs(session, ids)
-    return total, [TrialRecord(number=r.number, state=_STATE_NAMES.get(r.state, r.state.name.lower()),
+    return total, [TrialRecord(number=r.number, state=_STATE_NAMES[r.state],
                                value=values.get(r.trial_id), started_at=_utc(r[3]), completed_at=_utc(r[4]),
                                history=history.get(r.trial_id, []), attrs=attrs.get(r.trial_id, {}))
                    for r in rows]

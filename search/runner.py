@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -122,11 +123,12 @@ class GraphSearcher(Searcher):
         self.poison = poison
         self.issued = 0
         self.live: dict[str, optuna.Trial] = {}
+        self.reported: dict[int, int] = {}  # trial number -> last epoch recorded
 
     # Ray pickles searcher state into its experiment folder: keep the study (and
     # with it the storage URL and its password) out of it.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in {"study", "live"}}
+        return {k: v for k, v in self.__dict__.items() if k not in {"study", "live", "reported"}}
 
     def save(self, checkpoint_path: str) -> None:  # the study itself is the checkpoint
         return None
@@ -160,17 +162,28 @@ class GraphSearcher(Searcher):
             return "cpu"
         return self.options.device
 
+    def _record(self, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
+        """Store one epoch's validation accuracy as the trial's intermediate value."""
+        if not result or METRIC not in result:
+            return
+        epoch = int(result["epoch"])
+        if epoch > self.reported.get(trial.number, 0):
+            trial.report(float(result[METRIC]), step=epoch)
+            trial.set_user_attr(ATTR_EPOCHS, epoch)
+            self.reported[trial.number] = epoch
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self.live.get(trial_id)
-        if trial is None or METRIC not in result:
-            return
-        trial.report(float(result[METRIC]), step=int(result["epoch"]))
-        trial.set_user_attr(ATTR_EPOCHS, int(result["epoch"]))
+        if trial is not None:
+            self._record(trial, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         trial = self.live.pop(trial_id, None)
         if trial is None:
             return
+        # Tune hands a trial's last result (the one that ends it) only to this hook.
+        self._record(trial, result)
+        self.reported.pop(trial.number, None)
         self.tally.running -= 1
         epochs = int((result or {}).get("epoch", 0))
         if error or result is None or METRIC not in result:
@@ -270,8 +283,15 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
                                   verbose=0, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
+    def on_sigterm(signum: int, frame: object) -> None:
+        # `ray job stop` sends SIGTERM and soon SIGKILL: record, then leave at once.
+        searcher.abandon_live()
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         tuner.fit()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         searcher.abandon_live()
     return tally

@@ -30,14 +30,16 @@ class SearchSpec(BaseModel):
     name: Annotated[str, Field(pattern=STUDY_NAME_PATTERN, description="Study name (letters, digits, _ . -)")]
     nodes: Annotated[int, Field(ge=2, le=10, description="Number of networks, label node excluded")]
     trials: Annotated[int, Field(ge=1, le=100_000, description="Trial budget")]
-    dataset: str = "digits"
+    dataset: str = Field(default="digits", json_schema_extra={"enum": dataset_names()})
     data_dir: str | None = None
     classes: str | None = Field(default=None, description="Class subset, e.g. '0-49'")
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 200
     target_model: str = "resnet32"
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
-    gates: list[str] = Field(default_factory=lambda: list(GATES), min_length=1)
-    losses: list[str] = Field(default_factory=lambda: ["kl"], min_length=1)
+    gates: list[str] = Field(default_factory=lambda: list(GATES), min_length=1,
+                             json_schema_extra={"items": {"type": "string", "enum": list(GATES)}})
+    losses: list[str] = Field(default_factory=lambda: ["kl"], min_length=1,
+                              json_schema_extra={"items": {"type": "string", "enum": list(EDGE_LOSSES)}})
     reduction_factor: Annotated[int, Field(ge=2, le=16)] = 2
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     batch_size: Annotated[int, Field(ge=2, le=65_536)] = 64
@@ -109,7 +111,7 @@ def spec_error_lines(exc: Exception) -> list[str]:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = err["msg"].removeprefix("Value error, ").removeprefix(f"{where}: ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field; allowed: {', '.join(SearchSpec.model_fields)}"
         lines.append(f"{where}: {msg}")

@@ -25,17 +25,15 @@ from api.schemas import (
     BestList,
     EpochAcc,
     ErrorOut,
-    RayJobOut,
     StudyPage,
     StudyState,
     StudyStatus,
-    StudySummary,
-    TrialCounts,
     TrialOut,
     TrialPage,
     TrialStateName,
 )
-from api.trials import list_trials, study_figures
+from api.status import PREFIX, StatusReader, study_status, summary
+from api.trials import list_trials, optuna_study_id
 from ktg.errors import KtgError
 from ktg.graph import Graph
 from search.spec import STUDY_NAME_PATTERN, SearchSpec
@@ -43,7 +41,6 @@ from search.storage import ATTR_EPOCHS, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED,
 
 log = logging.getLogger("ktg.api")
 
-PREFIX = "/v1/studies"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
     404: {"model": ErrorOut, "description": "No such study for this tenant"},
@@ -56,39 +53,16 @@ router = APIRouter(prefix=PREFIX, tags=["studies"], responses=_ERRORS, dependenc
 StudyId = Annotated[UUID, Path(description="The study id returned by POST /v1/studies")]
 
 
-def _links(study_id: str) -> dict[str, str]:
-    base = f"{PREFIX}/{study_id}"
-    return {"self": base, "trials": f"{base}/trials", "best": f"{base}/best"}
-
-
-def _summary_fields(row: StudyRow) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "state": row.state, "created_at": row.created_at,
-            "updated_at": row.updated_at, "finished_at": row.finished_at, "links": _links(row.id)}
-
-
-def _status(session: Session, row: StudyRow) -> StudyStatus:
-    figures = study_figures(session, row.optuna_name)
-    budget = int(row.spec.get("trials", 0)) or 1
-    return StudyStatus(
-        **_summary_fields(row),
-        optuna_study=row.optuna_name,
-        spec=row.spec,
-        trials=TrialCounts(**figures.counts),
-        finished=figures.finished,
-        budget=budget,
-        progress=min(1.0, figures.finished / budget),
-        best_val_acc=figures.best_val_acc,
-        best_complete_val_acc=figures.best_complete_val_acc,
-        message=row.message,
-        ray=RayJobOut(submission_id=row.submission_id, job_id=row.ray_job_id, status=row.job_status),
-    )
-
-
 def _get_row(session: Session, tenant: str, study_id: UUID) -> StudyRow:
     row = session.scalars(select(StudyRow).where(StudyRow.id == str(study_id), StudyRow.tenant == tenant)).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no study {study_id}")
     return row
+
+
+def _find(session: Session, tenant: str, name: str) -> str | None:
+    """The id of this tenant's study of that name, if any."""
+    return session.scalars(select(StudyRow.id).where(StudyRow.tenant == tenant, StudyRow.name == name)).first()
 
 
 def _name_error(name: str, message: str) -> RequestValidationError:
@@ -100,7 +74,7 @@ def _name_error(name: str, message: str) -> RequestValidationError:
                         413: {"model": ErrorOut, "description": "Request body too large"}},
              summary="Start a search (runs as a Ray job)")
 def create_study(spec: SearchSpec, tenant: Tenant, session: DbSession, registry: RegistryDep,
-                 settings: SettingsDep, response: Response) -> StudyStatus:
+                 settings: SettingsDep, request: Request, response: Response) -> StudyStatus:
     """Record the study and launch it as a Ray job; 202 with its id and ``Location``.
 
     The same name twice for one tenant is 409 (with the existing study's
@@ -113,15 +87,16 @@ def create_study(spec: SearchSpec, tenant: Tenant, session: DbSession, registry:
         limit = 64 - len(tenant) - 1
         raise _name_error(spec.name, f"at most {limit} characters for tenant {tenant!r} "
                                      f"(the Optuna study is named '{tenant}.<name>', {STUDY_NAME_PATTERN})") from None
+    if optuna_study_id(session, full_name) is not None and _find(session, tenant, spec.name) is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the storage already holds an Optuna study named "
+                                                      f"{full_name!r}, made outside this API; choose another name")
     row = new_row(tenant, spec, settings.studies_dir)
     session.add(row)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        existing = session.scalars(select(StudyRow.id).where(StudyRow.tenant == tenant,
-                                                             StudyRow.name == spec.name)).first()
-        location = f"{PREFIX}/{existing or row.id}"
+        location = f"{PREFIX}/{_find(session, tenant, spec.name) or row.id}"
         raise HTTPException(status.HTTP_409_CONFLICT, f"a study named {spec.name!r} already exists: {location}",
                             headers={"Location": location}) from None
     try:
@@ -138,8 +113,9 @@ def create_study(spec: SearchSpec, tenant: Tenant, session: DbSession, registry:
                                 headers={"Retry-After": "30"}) from None
     session.expire_all()
     row = session.get(StudyRow, row.id) or row
+    request.app.state.status_reader.forget(row.id)
     response.headers["Location"] = f"{PREFIX}/{row.id}"
-    return _status(session, row)
+    return study_status(session, row)
 
 
 @router.get("", response_model=StudyPage, summary="List this tenant's studies, newest first")
@@ -153,13 +129,17 @@ def list_studies(tenant: Tenant, session: DbSession,
     total = session.execute(select(func.count()).select_from(StudyRow).where(*where)).scalar() or 0
     rows = session.scalars(select(StudyRow).where(*where).order_by(StudyRow.created_at.desc(), StudyRow.id)
                            .offset(offset).limit(limit)).all()
-    return StudyPage(items=[StudySummary(**_summary_fields(r)) for r in rows], total=total, limit=limit, offset=offset)
+    return StudyPage(items=[summary(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}", response_model=StudyStatus, summary="State, trial counts, best accuracy, progress")
-def get_study(study_id: StudyId, tenant: Tenant, session: DbSession, registry: RegistryDep) -> StudyStatus:
-    row = registry.refresh(_get_row(session, tenant, study_id))
-    return _status(session, row)
+async def get_study(study_id: StudyId, tenant: Tenant, request: Request) -> Response:
+    """Read back from Ray and the Optuna storage; at most ~1 s old (see ``api.status``)."""
+    reader: StatusReader = request.app.state.status_reader
+    body = await reader.read(tenant, str(study_id))
+    if body is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no study {study_id}")
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{study_id}/trials", response_model=TrialPage, summary="The study's trials, by number")
@@ -243,11 +223,12 @@ def get_best_svg(study_id: StudyId, rank: Rank, tenant: Tenant, session: DbSessi
                responses={202: {"model": StudyStatus, "description": "Cancellation requested now"}},
                summary="Cancel (idempotent); finished trials stay recorded")
 def cancel_study(study_id: StudyId, tenant: Tenant, session: DbSession, registry: RegistryDep,
-                 response: Response) -> StudyStatus:
+                 request: Request, response: Response) -> StudyStatus:
     """200 if the study had already ended (or was cancelled before), 202 if this call cancelled it."""
     row = _get_row(session, tenant, study_id)
     cancelled_now = registry.cancel(row)
+    request.app.state.status_reader.forget(row.id)
     response.status_code = status.HTTP_202_ACCEPTED if cancelled_now else status.HTTP_200_OK
     session.expire_all()
-    return _status(session, session.get(StudyRow, row.id) or row)
+    return study_status(session, session.get(StudyRow, row.id) or row)
 
