@@ -129,7 +129,7 @@ def test_bad_names_raise_ktg_error(name: str) -> None:
     assert message.startswith("nodes[2].model: got ")
     assert repr(name) in message
     assert "allowed" in message
-    with pytest.raises(KtgError, match="model.*allowed"):
+    with pytest.raises(KtgError, match=r"model.*allowed"):
         build_model(name, in_channels=3, num_classes=10, image_size=32)
 
 
