@@ -8,11 +8,12 @@ tests:
 * ``main_search``: 3 nodes, 12 trials, 4 epochs, ``--storage URL``, trial 1
   poisoned to NaN (``KTG_FAULT_NAN_TRIALS=1``).
 * ``interrupted_search``: one study (``KTG_STORAGE`` env, the tiny spec whose
-  space is counted by brute force) taken through Ctrl-C, ``--resume``, SIGKILL
-  of the driver and a last ``--resume`` that finishes it.
+  space is counted by brute force) taken through Ctrl-C, ``--resume`` and
+  SIGTERM, ``--resume`` and SIGKILL of the driver, and a last ``--resume``
+  that finishes it.
 * ``bad_runs``: the bad-input commands, run side by side.
 
-Tests pinned to known library bugs sit at the end of the file, so
+Tests pinned to library bugs (found or fixed) sit at the end of the file, so
 ``pytest -x`` still runs everything else first.
 """
 
@@ -57,7 +58,7 @@ POISONED = 1  # trial number poisoned to NaN in the main search
 
 # The interrupted study: the tiny spec whose space the tests count by brute force.
 TINY_SPEC = dict(nodes=2, models=["resnet20", "wrn16-1"], gates=["through", "cutoff"], losses=["kl", "cm"])
-CHAIN_TRIALS, CHAIN_EPOCHS = 8, 2
+CHAIN_TRIALS, CHAIN_EPOCHS = 10, 2
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -144,13 +145,17 @@ def session_processes(sid: int) -> dict[int, str]:
 
 
 def is_trial_process(cmdline: str) -> bool:
-    """A Ray worker that runs (or is ready to run) a trial: not Ray's own daemons and agents."""
-    return any(mark in cmdline for mark in ("ImplicitFunc", "train_trial", "ray::IDLE", "default_worker.py"))
+    """A Ray worker running a trial (Ray titles it ``ray::ImplicitFunc.train``).
+
+    Idle or half-started workers (``ray::IDLE``, ``default_worker.py``) hold no
+    trial; after a SIGKILL they may linger until their GCS timeout, writing nothing.
+    """
+    return any(mark in cmdline for mark in ("ImplicitFunc", "train_trial"))
 
 
 def training(sid: int) -> bool:
-    """Whether a trial actor of the search in session ``sid`` is alive right now."""
-    return any("ImplicitFunc" in cmd for cmd in session_processes(sid).values())
+    """Whether a trial of the search in session ``sid`` is running right now."""
+    return any(is_trial_process(cmd) for cmd in session_processes(sid).values())
 
 
 def reap_session(sid: int) -> None:
@@ -252,7 +257,7 @@ def after_main(main_ok: SimpleNamespace, ray_tmp: Path) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def interrupted_search(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
                        ray_tmp: Path) -> Iterator[SimpleNamespace]:
-    """One study through Ctrl-C, --resume + SIGKILL of the driver, and a final --resume."""
+    """One study through Ctrl-C, --resume + SIGTERM, --resume + SIGKILL of the driver, and a final --resume."""
     work = tmp_path_factory.mktemp("chain")
     name = f"chain-{uuid.uuid4().hex[:8]}"
     out = work / "out"
@@ -292,9 +297,21 @@ def interrupted_search(postgres_url: str, tmp_path_factory: pytest.TempPathFacto
         c.sigint_leftovers = session_processes(proc.pid)
         reap_session(proc.pid)
 
-        # 2. --resume, then SIGKILL the driver alone while trials run.
-        proc = start(resume, "killed")
+        # 2. --resume, then SIGTERM to the driver (what `ray job stop` sends) while trials run.
+        proc = start(resume, "sigterm")
         before = n_done(c.after_sigint)
+        wait_until(proc, postgres_url, name,
+                   lambda ts: n_done(ts) >= before + 1 and n_running(ts) >= 1 and training(proc.pid),
+                   300, "another finished trial while others train")
+        os.kill(proc.pid, signal.SIGTERM)
+        c.sigterm_rc = proc.wait(timeout=120)
+        c.sigterm_stdout, c.sigterm_stderr = outputs("sigterm")
+        c.after_sigterm = load(postgres_url, name).get_trials()
+        reap_session(proc.pid)
+
+        # 3. --resume, then SIGKILL the driver alone while trials run.
+        proc = start(resume, "killed")
+        before = n_done(c.after_sigterm)
         trials = wait_until(proc, postgres_url, name,
                             lambda ts: n_done(ts) >= before + 1 and n_running(ts) >= 1 and training(proc.pid),
                             300, "another finished trial while others train")
@@ -318,7 +335,7 @@ def interrupted_search(postgres_url: str, tmp_path_factory: pytest.TempPathFacto
                                        != [snapshot(t) for t in load(postgres_url, name).get_trials()])
         reap_session(proc.pid)  # Ray's agents outlive a SIGKILLed driver; the tests clean them up
 
-        # 3. --resume to the end, with no flag but the name: the spec comes from the study.
+        # 4. --resume to the end, with no flag but the name: the spec comes from the study.
         res = run_ktg(resume, work, env)
         c.final = res
         c.outputs.extend([res.stdout, res.stderr])
@@ -579,6 +596,20 @@ def test_ctrl_c_stops_cleanly(interrupted_search: SimpleNamespace) -> None:
     assert not [pid for pid, cmd in c.sigint_leftovers.items() if is_trial_process(cmd)], c.sigint_leftovers
 
 
+def test_sigterm_records_and_exits(interrupted_search: SimpleNamespace) -> None:
+    """SIGTERM (``ray job stop``): live trials marked interrupted and re-queued, exit 128 + 15."""
+    c = interrupted_search
+    both = c.sigterm_stdout + c.sigterm_stderr
+    assert c.sigterm_rc == 128 + signal.SIGTERM, both
+    assert "Traceback" not in both, both
+    assert not [t.number for t in c.after_sigterm if t.state == TrialState.RUNNING]
+    new = {t.number for t in c.after_sigterm if t.user_attrs.get("interrupted")} - {
+        t.number for t in c.after_sigint if t.user_attrs.get("interrupted")}
+    assert new, "SIGTERM came while trials ran, yet none is newly marked interrupted"
+    retries = {t.user_attrs["retry_of"] for t in c.after_sigterm if "retry_of" in t.user_attrs}
+    assert new <= retries
+
+
 def test_space_size_printed_equals_brute_force(interrupted_search: SimpleNamespace) -> None:
     expected = brute_force_space(**TINY_SPEC)
     assert space_line(interrupted_search.sigint_stdout) == str(expected)
@@ -619,8 +650,7 @@ def describe(trials: list[FrozenTrial]) -> str:
 
 def test_interrupted_trials_are_retried_with_same_params(interrupted_search: SimpleNamespace) -> None:
     trials = interrupted_search.final_trials
-    print(describe(interrupted_search.after_sigint), "\n--", describe(interrupted_search.after_kill),
-          "\n--", describe(trials))
+    print(describe(trials))  # shown on failure
     by_number = {t.number: t for t in trials}
     interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
     killed = {t.number for t in interrupted_search.after_kill if t.state == TrialState.RUNNING}
@@ -634,9 +664,11 @@ def test_interrupted_trials_are_retried_with_same_params(interrupted_search: Sim
         assert t.state == TrialState.FAIL
         (copy,) = retries[t.number]
         assert copy.state in FINAL
-        assert copy.params == t.params
-        if "graph" in t.user_attrs:
+        if "graph" in t.user_attrs:  # it had been handed to Ray: the very same graph runs again
+            assert copy.params == t.params
             assert copy.user_attrs["graph"] == t.user_attrs["graph"]
+        else:  # the driver died inside ask/sample: what was drawn is kept, the rest drawn anew
+            assert t.params.items() <= copy.params.items()
     assert all(by_number[n].user_attrs.get("interrupted") for n in retries)
 
 
@@ -653,9 +685,9 @@ def test_no_password_anywhere_with_storage_from_env(interrupted_search: SimpleNa
 def test_complete_trials_record_every_epoch(main_ok: SimpleNamespace) -> None:
     """COMPLETE = trained to the full budget: a value at each epoch 1..4, ``epochs_done`` 4.
 
-    Bug: Ray Tune never passes the result on which the scheduler says STOP to
-    ``Searcher.on_trial_result`` (tune_controller._process_trial_result), only to
-    ``on_trial_complete``, and ``GraphSearcher.on_trial_complete`` does not record it.
+    Regression: Ray Tune passes the result on which the scheduler says STOP (a
+    COMPLETE trial's last epoch, a PRUNED trial's rung) only to
+    ``Searcher.on_trial_complete``, never to ``on_trial_result``.
     """
     for t in main_ok.trials:
         if t.state == TrialState.COMPLETE:
@@ -665,7 +697,7 @@ def test_complete_trials_record_every_epoch(main_ok: SimpleNamespace) -> None:
 
 
 def test_pruned_trials_stop_at_an_asha_rung(main_ok: SimpleNamespace) -> None:
-    """PRUNED trials hold steps 1..r exactly, r an ASHA rung (same bug as above)."""
+    """PRUNED trials hold steps 1..r exactly, r an ASHA rung (same regression as above)."""
     for t in main_ok.trials:
         if t.state == TrialState.PRUNED:
             steps = sorted(t.intermediate_values)
@@ -684,3 +716,52 @@ def test_poisoned_trial_fails_through_nan(main_ok: SimpleNamespace) -> None:
     assert error.is_file()
     text = error.read_text()
     assert "NaN" in text, text[-2000:]
+
+
+def test_search_starts_its_own_ray_beside_a_ray_start_cluster(tmp_path: Path) -> None:
+    """``--ray-address`` unset and no ``$RAY_ADDRESS``: "a local Ray", not whatever cluster is about.
+
+    Bug: ``ray.init(address=None)`` joins the cluster of the last ``ray start`` on
+    this machine (Ray reads ``<ray temp>/ray/ray_current_cluster``), so a search
+    dies with someone else's cluster. Fix: ``ray.init(address=address or "local")``.
+    """
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ktgrs", dir="/tmp"))
+    env = ktg_env(ray_tmp)
+    ray_root = ray_tmp / "ray"
+    with open(tmp_path / "head.log", "wb") as log:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 "--num-cpus", "1", "--include-dashboard=false", "--disable-usage-stats",
+                                 "--port", "0"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (ray_root / "ray_current_cluster").exists():
+            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            assert time.monotonic() < deadline, "ray start --head did not come up"
+            time.sleep(0.5)
+        head_sessions = set(ray_root.glob("session_2*"))
+        with open(tmp_path / "ktg.log", "wb") as log:
+            proc = subprocess.Popen(
+                [*KTG, "search", "--nodes", "2", "--trials", "1", "--epochs", "1", "--study", "own-ray",
+                 "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "--out", str(tmp_path / "out"), *TINY_MODELS,
+                 "--workers", "1"],
+                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:  # which Ray did its driver connect to? (no need to let the trial train)
+            pattern = f"session_2*/logs/python-core-driver-*_{proc.pid}.log"
+            deadline = time.monotonic() + 120
+            while not (drivers := list(ray_root.glob(pattern))):
+                assert proc.poll() is None, (tmp_path / "ktg.log").read_text()
+                assert time.monotonic() < deadline, "ktg search never connected to a Ray"
+                time.sleep(0.3)
+        finally:
+            reap_session(proc.pid)
+        session = drivers[0].parent.parent
+        assert session not in head_sessions, f"ktg search ran its trials on the `ray start` cluster ({session.name})"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        reap_session(head.pid)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
