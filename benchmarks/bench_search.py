@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -261,6 +262,13 @@ def report(backend: str, ray_res: dict[str, Any], opt_res: dict[str, Any], worke
           f"workers)")
 
 
+def _ray_shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=16)
@@ -273,10 +281,15 @@ def main() -> None:
     parser.add_argument("--json", help="also write the raw figures here")
     args = parser.parse_args()
 
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ktgbench", dir="/tmp"))
     work = Path(tempfile.mkdtemp(prefix="ktg-bench-"))
     results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        if "RAY_TMPDIR" not in os.environ:  # a Ray of our own, never one somebody `ray start`-ed
+            ray_tmp = tempfile.mkdtemp(prefix="ktgbench", dir="/tmp")
+            os.environ["RAY_TMPDIR"] = ray_tmp
+            stack.callback(shutil.rmtree, ray_tmp, ignore_errors=True)
+        stack.callback(_ray_shutdown)
         backends = {"SQLite": f"sqlite:///{work / 'bench.db'}"}
         if args.storage:
             backends["PostgreSQL"] = args.storage

@@ -150,7 +150,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
               f"{spec.epochs} epochs on {spec.dataset}; search space {describe_size(space_size(spec))} graphs")
-    tally = run_search(spec, study, options, display=lambda tally: LiveDisplay(tally, spec.name))
+    tally = run_search(spec, study, options, display=lambda tally: LiveDisplay(tally, spec.name), storage_url=url)
     best = best_trials(study, 5)
     if not best:
         out.print("no trial reached the full budget yet; nothing to export")

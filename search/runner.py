@@ -37,6 +37,7 @@ from search.storage import (
     ATTR_SKIPPED,
     STUDY_ATTR_SPEC,
     counted,
+    open_storage,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -77,7 +78,7 @@ def train_trial(config: dict[str, Any]) -> None:
     data_spec = DataSpec(spec.dataset, spec.data_dir, spec.class_list(), spec.val_fraction, 0, None)
     data = data_spec.load()
     if config.get("poison"):
-        data = replace(data, std=tuple(0.0 for _ in data.std))  # x / 0: a real NaN through the real path
+        data = replace(data, mean=tuple(float("nan") for _ in data.mean))  # a real NaN through the real path
     recipe = Recipe(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr)
     teachers = TeacherCache(data_spec, config["cache_dir"], quiet=True)
 
@@ -140,6 +141,7 @@ class GraphSearcher(Searcher):
         remaining = self.tally.budget - self.tally.done_before
         while self.issued < remaining:
             trial = self.study.ask()
+            self.live[trial_id] = trial  # from here on, an interruption must record it
             self.issued += 1
             graph, skipped = sample_graph(trial, self.spec)
             trial.set_user_attr(ATTR_SEED, self.spec.seed)
@@ -147,9 +149,9 @@ class GraphSearcher(Searcher):
             if skipped:
                 trial.set_user_attr(ATTR_SKIPPED, skipped)
                 self.study.tell(trial, state=TrialState.FAIL)
+                del self.live[trial_id]
                 self.tally.failed += 1
                 continue
-            self.live[trial_id] = trial
             self.tally.running += 1
             return {"graph": graph, "spec": self.spec.model_dump(), "trial_number": trial.number,
                     "cache_dir": str(self.options.out_dir / "teachers"), "device": self._device(),
@@ -178,7 +180,7 @@ class GraphSearcher(Searcher):
             self._record(trial, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        trial = self.live.pop(trial_id, None)
+        trial = self.live.get(trial_id)
         if trial is None:
             return
         # Tune hands a trial's last result (the one that ends it) only to this hook.
@@ -198,14 +200,25 @@ class GraphSearcher(Searcher):
         else:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.tally.pruned += 1
+        del self.live[trial_id]  # only once told: an interruption until here records it
 
-    def abandon_live(self) -> None:
-        """Ctrl-C or an error in the driver: no trial may stay RUNNING."""
+    def abandon_live(self, storage: optuna.storages.BaseStorage | None = None) -> int:
+        """Ctrl-C, SIGTERM or an error in the driver: no trial may stay RUNNING.
+
+        ``storage`` is a separate connection when called from a signal handler,
+        which may have interrupted the main thread in the middle of a query.
+        Returns how many trials were abandoned.
+        """
+        abandoned = 0
         for trial_id in list(self.live):
             trial = self.live.pop(trial_id)
-            trial.set_user_attr(ATTR_INTERRUPTED, True)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            try:
+                interrupt_trial(storage or self.study._storage, self.study.study_name, trial._trial_id,
+                                trial.number, trial.params)
+            except Exception:  # e.g. told meanwhile, or locked by the interrupted query: resume repairs it
+                continue
+            abandoned += 1
+        return abandoned
 
 
 # -- study bookkeeping -------------------------------------------------------------------
@@ -225,10 +238,22 @@ def open_study(storage: optuna.storages.BaseStorage, spec: SearchSpec, *, resume
     study.set_user_attr(STUDY_ATTR_SPEC, spec.model_dump())
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # Its driver died (SIGKILL, crash): keep what it recorded, run its graph again.
-        storage.set_trial_user_attr(trial._trial_id, ATTR_INTERRUPTED, True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        interrupt_trial(storage, spec.name, trial._trial_id, trial.number, trial.params)
     return study
+
+
+def interrupt_trial(storage: optuna.storages.BaseStorage, study_name: str, trial_id: int, number: int,
+                    params: dict[str, Any]) -> None:
+    """Mark a trial that lost its driver FAIL + interrupted, and queue its graph again.
+
+    A trial interrupted before it drew anything has no graph to repeat; the
+    budget (which does not count it) brings a fresh draw instead.
+    """
+    storage.set_trial_user_attr(trial_id, ATTR_INTERRUPTED, True)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    if params:
+        again = optuna.load_study(study_name=study_name, storage=storage)
+        again.enqueue_trial(params, user_attrs={"retry_of": number})
 
 
 def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
@@ -252,8 +277,12 @@ def poisoned_trials() -> set[int]:
 # -- the run -------------------------------------------------------------------------------
 
 def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
-               display: Callable[[Tally], Callback] | None = None) -> Tally:
-    """Run the study to its budget on Ray Tune with ASHA; return the tally."""
+               display: Callable[[Tally], Callback] | None = None, storage_url: str | None = None) -> Tally:
+    """Run the study to its budget on Ray Tune with ASHA; return the tally.
+
+    ``storage_url`` lets a SIGTERM handler record the running trials on a fresh
+    connection; it is never handed to Ray (the searcher is pickled there).
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -266,7 +295,8 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
         return tally
     address = options.ray_address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+        # "local" (not None): never join some other `ray start` cluster found in /tmp by accident.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, configure_logging=True)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = options.workers or max(1, int(cpus // max(options.cpus_per_trial, 0.01)))
@@ -277,21 +307,28 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     callbacks = [display(tally)] if display is not None else []
     tuner = tune.Tuner(
         tune.with_resources(train_trial, resources),
+        # reuse_actors: a new worker process per trial costs ~2 s (5x the rest of the orchestration).
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
-                                    max_concurrent_trials=workers),
+                                    max_concurrent_trials=workers, reuse_actors=True),
         run_config=tune.RunConfig(name=spec.name, storage_path=str((options.out_dir / "ray").resolve()),
                                   verbose=0, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     def on_sigterm(signum: int, frame: object) -> None:
-        # `ray job stop` sends SIGTERM and soon SIGKILL: record, then leave at once.
-        searcher.abandon_live()
-        os._exit(128 + signum)
+        # `ray job stop` sends SIGTERM and soon SIGKILL: record (on a connection of
+        # its own: the main thread may be mid-query), then leave at once.
+        try:
+            if storage_url is not None:
+                searcher.abandon_live(open_storage(storage_url, quick=True))
+        finally:
+            os._exit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         tuner.fit()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        searcher.abandon_live()
+        abandoned = searcher.abandon_live()
+    if abandoned:  # Tune swallows Ctrl-C and returns: say it was an interruption
+        raise KeyboardInterrupt
     return tally

@@ -46,22 +46,30 @@ def masked(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Connect (pre-ping, recycle) and fail with one clear line if the database cannot be used."""
+def open_storage(url: str, *, quick: bool = False) -> optuna.storages.RDBStorage:
+    """Connect (pre-ping, recycle) and fail with one clear line if the database cannot be used.
+
+    ``quick``: short connect/lock/statement timeouts, for the last writes of a
+    process that is being stopped.
+    """
+    shown = masked(url)
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgresql+psycopg2:", "mysql")):
-        raise KtgError(f"storage: got {masked(url)!r}; allowed: postgresql://user@host/db or sqlite:///file.db")
+        raise KtgError(f"storage: got {shown!r}; allowed: postgresql://user@host/db or sqlite:///file.db")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")  # psycopg 3, not psycopg2
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if not url.startswith("sqlite"):
-        engine_kwargs |= {"pool_recycle": 300, "connect_args": {"connect_timeout": 10}}
+        connect_args: dict[str, Any] = {"connect_timeout": 10}
+        if quick:
+            connect_args = {"connect_timeout": 5, "options": "-c lock_timeout=3000 -c statement_timeout=3000"}
+        engine_kwargs |= {"pool_recycle": 300, "connect_args": connect_args}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                          skip_compatibility_check=False)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=quick,
+                                          skip_table_creation=quick)
     except Exception as exc:
-        raise KtgError(f"storage: cannot use {masked(url)}: {_reason(exc)}") from None
+        raise KtgError(f"storage: cannot use {shown}: {_reason(exc)}") from None
 
 
 def _reason(exc: BaseException) -> str:

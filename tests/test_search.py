@@ -197,6 +197,12 @@ def n_running(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in trials if t.state == TrialState.RUNNING)
 
 
+def describe(trials: list[FrozenTrial]) -> str:
+    """One line per trial (graph left out), for failure messages."""
+    return "\n".join(f"{t.number} {t.state.name} {t.params} {t.intermediate_values} "
+                     f"{ {k: v for k, v in t.user_attrs.items() if k != 'graph'} }" for t in trials)
+
+
 def ray_trial_dirs(out: Path) -> dict[int, Path]:
     """Optuna trial number -> its Ray trial folder (``trial_number`` is in the config)."""
     dirs = {}
@@ -261,7 +267,7 @@ def interrupted_search(postgres_url: str, tmp_path_factory: pytest.TempPathFacto
     work = tmp_path_factory.mktemp("chain")
     name = f"chain-{uuid.uuid4().hex[:8]}"
     out = work / "out"
-    env = ktg_env(ray_tmp, KTG_STORAGE=postgres_url)  # the URL only in the environment
+    env = ktg_env(ray_tmp, KTG_STORAGE=postgres_url, PYTHONFAULTHANDLER="1")  # the URL only in the environment
     first = ["search", "--nodes", str(TINY_SPEC["nodes"]), "--trials", str(CHAIN_TRIALS),
              "--epochs", str(CHAIN_EPOCHS), "--study", name, "--out", str(out), "--target-model", "resnet20",
              "--models", ",".join(TINY_SPEC["models"]), "--gates", ",".join(TINY_SPEC["gates"]),
@@ -304,7 +310,11 @@ def interrupted_search(postgres_url: str, tmp_path_factory: pytest.TempPathFacto
                    lambda ts: n_done(ts) >= before + 1 and n_running(ts) >= 1 and training(proc.pid),
                    300, "another finished trial while others train")
         os.kill(proc.pid, signal.SIGTERM)
-        c.sigterm_rc = proc.wait(timeout=120)
+        try:
+            c.sigterm_rc, c.sigterm_hung = proc.wait(timeout=45), False
+        except subprocess.TimeoutExpired:  # stuck: have faulthandler print where, then go on
+            os.kill(proc.pid, signal.SIGABRT)
+            c.sigterm_rc, c.sigterm_hung = proc.wait(timeout=30), True
         c.sigterm_stdout, c.sigterm_stderr = outputs("sigterm")
         c.after_sigterm = load(postgres_url, name).get_trials()
         reap_session(proc.pid)
@@ -597,12 +607,18 @@ def test_ctrl_c_stops_cleanly(interrupted_search: SimpleNamespace) -> None:
 
 
 def test_sigterm_records_and_exits(interrupted_search: SimpleNamespace) -> None:
-    """SIGTERM (``ray job stop``): live trials marked interrupted and re-queued, exit 128 + 15."""
+    """SIGTERM (``ray job stop``): live trials marked interrupted and re-queued, exit 128 + 15.
+
+    A trial the driver was still drawing (no ``graph`` yet, never handed to Ray)
+    may stay RUNNING: the next ``--resume`` repairs it like a SIGKILL's.
+    """
     c = interrupted_search
     both = c.sigterm_stdout + c.sigterm_stderr
+    assert not c.sigterm_hung, f"the driver hung after SIGTERM; its stack:\n{c.sigterm_stderr[-5000:]}"
     assert c.sigterm_rc == 128 + signal.SIGTERM, both
     assert "Traceback" not in both, both
-    assert not [t.number for t in c.after_sigterm if t.state == TrialState.RUNNING]
+    handed = [t.number for t in c.after_sigterm if t.state == TrialState.RUNNING and "graph" in t.user_attrs]
+    assert not handed, f"trials left RUNNING after SIGTERM: {handed}\n{describe(c.after_sigterm)}"
     new = {t.number for t in c.after_sigterm if t.user_attrs.get("interrupted")} - {
         t.number for t in c.after_sigint if t.user_attrs.get("interrupted")}
     assert new, "SIGTERM came while trials ran, yet none is newly marked interrupted"
@@ -641,11 +657,6 @@ def test_resume_keeps_finished_trials(interrupted_search: SimpleNamespace) -> No
     assert c.finished_before_kill
     for number, before in c.finished_before_kill.items():
         assert now[number] == before
-
-
-def describe(trials: list[FrozenTrial]) -> str:
-    return "\n".join(f"{t.number} {t.state.name} {t.params} {t.intermediate_values} "
-                     f"{ {k: v for k, v in t.user_attrs.items() if k != 'graph'} }" for t in trials)
 
 
 def test_interrupted_trials_are_retried_with_same_params(interrupted_search: SimpleNamespace) -> None:
@@ -758,10 +769,6 @@ def test_search_starts_its_own_ray_beside_a_ray_start_cluster(tmp_path: Path) ->
         session = drivers[0].parent.parent
         assert session not in head_sessions, f"ktg search ran its trials on the `ray start` cluster ({session.name})"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        reap_session(head.pid)
+        reap_session(head.pid)  # SIGTERM would drain for 30 s first
+        head.wait(timeout=30)
         shutil.rmtree(ray_tmp, ignore_errors=True)
