@@ -27,6 +27,7 @@ _FLAGS = {"nodes": "nodes", "trials": "trials", "study": "name", "dataset": "dat
           "gates": "gates", "losses": "losses", "reduction_factor": "reduction_factor",
           "batch_size": "batch_size", "lr": "lr", "seed": "seed"}
 _LIST_FIELDS = {"models", "gates", "losses"}
+_HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
 
 
 def build_spec(args: argparse.Namespace, base: dict[str, Any] | None) -> SearchSpec:
@@ -58,9 +59,6 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None) -> SearchS
             name = "--" + flag_of[key].replace("_", "-") if key in flag_of else head
             lines.append(f"{name}: {rest}")
         raise KtgError("; ".join(lines)) from None
-
-
-_HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
 
 
 class LiveDisplay(Callback):
