@@ -58,7 +58,7 @@ POISONED = 1  # trial number poisoned to NaN in the main search
 
 # The interrupted study: the tiny spec whose space the tests count by brute force.
 TINY_SPEC = dict(nodes=2, models=["resnet20", "wrn16-1"], gates=["through", "cutoff"], losses=["kl", "cm"])
-CHAIN_TRIALS, CHAIN_EPOCHS = 10, 2
+CHAIN_TRIALS, CHAIN_EPOCHS = 30, 2  # enough trials that each interruption lands mid-search
 
 
 # -- helpers --------------------------------------------------------------------------------
