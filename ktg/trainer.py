@@ -24,7 +24,7 @@ from ktg.device import Accel
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Edge, Graph
 from ktg.losses import LocalPosterior, ce_loss, cm_loss, gate, kl_loss, lkd_loss, local_posterior
-from ktg.models import build_model, classifier_rows
+from ktg.models import CHECKPOINT_ALLOWED, build_model, classifier_rows
 from ktg.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -146,12 +146,12 @@ def _load_checkpoint(path: str) -> dict[str, Tensor]:
     try:
         state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise KtgError(f"checkpoint: no file at {path}; allowed: a node<id>.pt written by 'ktg train'") from None
+        raise KtgError(f"checkpoint: no file at {path}; {CHECKPOINT_ALLOWED}") from None
     except Exception as exc:  # a corrupt or foreign file: say which, not a traceback
         raise KtgError(f"checkpoint: cannot read {path} ({type(exc).__name__}); "
-                       "allowed: a node<id>.pt written by 'ktg train'") from None
+                       f"{CHECKPOINT_ALLOWED}") from None
     if not isinstance(state, dict):
-        raise KtgError(f"checkpoint: {path} holds no state_dict; allowed: a node<id>.pt written by 'ktg train'")
+        raise KtgError(f"checkpoint: {path} holds no state_dict; {CHECKPOINT_ALLOWED}")
     return state
 
 

@@ -36,8 +36,8 @@ from search.storage import (
     ATTR_SEED,
     ATTR_SKIPPED,
     STUDY_ATTR_SPEC,
-    counted,
     open_storage,
+    trial_counts,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -265,8 +265,9 @@ def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> dict[str, An
 
 
 def finished_count(study: optuna.Study) -> int:
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=done) if counted(t))
+    """Trials that count against the budget and are over (complete, pruned or failed)."""
+    counts = trial_counts(study)
+    return counts["complete"] + counts["pruned"] + counts["fail"]
 
 
 def poisoned_trials() -> set[int]:

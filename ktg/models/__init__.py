@@ -118,6 +118,9 @@ def build_model(
     )
 
 
+CHECKPOINT_ALLOWED = "allowed: a node<id>.pt written by 'ktg train'"
+
+
 def classifier_rows(state: dict[str, torch.Tensor]) -> int:
     """The number of classes a saved state_dict predicts.
 
@@ -126,7 +129,7 @@ def classifier_rows(state: dict[str, torch.Tensor]) -> int:
     """
     weights = [v for v in state.values() if v.dim() == 2]
     if not weights:
-        raise KtgError("checkpoint: no classifier weight found; allowed: a node<id>.pt written by 'ktg train'")
+        raise KtgError(f"checkpoint: no classifier weight found; {CHECKPOINT_ALLOWED}")
     return int(weights[-1].shape[0])
 
 
