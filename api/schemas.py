@@ -95,6 +95,7 @@ class TrialOut(BaseModel):
     seed: int | None = None
     interrupted: bool = Field(False, description="Its driver died; it was re-queued and is not counted")
     skipped: str | None = Field(None, description="Why it was sampled but never trained")
+    error: str | None = Field(None, description="Why it failed (the exception its training raised)")
     started_at: datetime | None = None
     completed_at: datetime | None = None
     history: list[EpochAcc] = Field(default_factory=list, description="Validation accuracy of node 1 per epoch")

@@ -31,6 +31,7 @@ from search.space import sample_graph
 from search.spec import SearchSpec
 from search.storage import (
     ATTR_EPOCHS,
+    ATTR_ERROR,
     ATTR_GRAPH,
     ATTR_INTERRUPTED,
     ATTR_SEED,
@@ -125,11 +126,12 @@ class GraphSearcher(Searcher):
         self.issued = 0
         self.live: dict[str, optuna.Trial] = {}
         self.reported: dict[int, int] = {}  # trial number -> last epoch recorded
+        self.tune_trials: dict[str, Any] = {}  # Tune's Trial objects, for the reason a trial failed
 
     # Ray pickles searcher state into its experiment folder: keep the study (and
     # with it the storage URL and its password) out of it.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in {"study", "live", "reported"}}
+        return {k: v for k, v in self.__dict__.items() if k not in {"study", "live", "reported", "tune_trials"}}
 
     def save(self, checkpoint_path: str) -> None:  # the study itself is the checkpoint
         return None
@@ -189,6 +191,7 @@ class GraphSearcher(Searcher):
         self.tally.running -= 1
         epochs = int((result or {}).get("epoch", 0))
         if error or result is None or METRIC not in result:
+            trial.set_user_attr(ATTR_ERROR, failure_reason(self.tune_trials.get(trial_id)))
             self.study.tell(trial, state=TrialState.FAIL)
             self.tally.failed += 1
         elif epochs >= self.spec.epochs:
@@ -201,6 +204,7 @@ class GraphSearcher(Searcher):
             self.study.tell(trial, state=TrialState.PRUNED)
             self.tally.pruned += 1
         del self.live[trial_id]  # only once told: an interruption until here records it
+        self.tune_trials.pop(trial_id, None)
 
     def abandon_live(self, storage: optuna.storages.BaseStorage | None = None) -> int:
         """Ctrl-C, SIGTERM or an error in the driver: no trial may stay RUNNING.
@@ -219,6 +223,38 @@ class GraphSearcher(Searcher):
                 continue
             abandoned += 1
         return abandoned
+
+
+class TrialHandles(Callback):
+    """Hands the searcher Tune's Trial objects: they hold the error of a failed trial.
+
+    Tune tells the searcher of a failure (``error=True``) without the error
+    itself, but only after writing it into the Trial's error files.
+    """
+
+    def __init__(self, searcher: GraphSearcher) -> None:
+        self.searcher = searcher
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.tune_trials[trial.trial_id] = trial
+
+
+def failure_reason(tune_trial: Any | None, limit: int = 500) -> str:
+    """One line on why a trial failed: the exception the trainable raised, else Ray's error text."""
+    if tune_trial is None:
+        return "failed before it started training"
+    try:
+        import cloudpickle
+
+        with open(tune_trial.pickled_error_file, "rb") as f:
+            exc = cloudpickle.load(f)
+        cause = getattr(exc, "cause", None) or exc
+        reason = f"{type(cause).__name__}: {cause}"
+    except Exception:  # not picklable, or no file: the text trace's last line names the exception
+        text = (tune_trial.get_error() or "") if hasattr(tune_trial, "get_error") else ""
+        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+        reason = lines[-1] if lines else "raised (no error text recorded by Ray)"
+    return " ".join(reason.split())[:limit]
 
 
 # -- study bookkeeping -------------------------------------------------------------------
@@ -305,7 +341,7 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max",
                               max_t=spec.epochs, grace_period=1, reduction_factor=spec.reduction_factor)
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    callbacks = [display(tally)] if display is not None else []
+    callbacks = [TrialHandles(searcher), *([display(tally)] if display is not None else [])]
     tuner = tune.Tuner(
         tune.with_resources(train_trial, resources),
         # reuse_actors: a new worker process per trial costs ~2 s (5x the rest of the orchestration).

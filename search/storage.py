@@ -28,6 +28,7 @@ ATTR_SEED = "seed"
 ATTR_EPOCHS = "epochs_done"
 ATTR_SKIPPED = "skipped"          # sampled but never trained (e.g. frozen target)
 ATTR_INTERRUPTED = "interrupted"  # was RUNNING when its driver died; re-queued on resume
+ATTR_ERROR = "error"              # why a trial that raised or went NaN failed
 STUDY_ATTR_SPEC = "spec"
 
 

@@ -37,7 +37,7 @@ from api.trials import list_trials, optuna_study_id
 from ktg.errors import KtgError
 from ktg.graph import Graph
 from search.spec import STUDY_NAME_PATTERN, SearchSpec
-from search.storage import ATTR_EPOCHS, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED, ATTR_SKIPPED
+from search.storage import ATTR_EPOCHS, ATTR_ERROR, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED, ATTR_SKIPPED
 
 log = logging.getLogger("ktg.api")
 
@@ -155,13 +155,14 @@ def get_trials(study_id: StudyId, tenant: Tenant, session: DbSession,
         graph = attrs.get(ATTR_GRAPH)
         epochs = attrs.get(ATTR_EPOCHS)
         seed = attrs.get(ATTR_SEED)
-        skipped = attrs.get(ATTR_SKIPPED)
+        skipped, error = attrs.get(ATTR_SKIPPED), attrs.get(ATTR_ERROR)
         items.append(TrialOut(
             number=r.number, state=r.state, val_acc=r.value, started_at=r.started_at, completed_at=r.completed_at,
             epochs_done=epochs if isinstance(epochs, int) else None,
             seed=seed if isinstance(seed, int) else None,
             interrupted=bool(attrs.get(ATTR_INTERRUPTED)),
             skipped=str(skipped) if skipped else None,
+            error=str(error) if error else None,
             history=[EpochAcc(epoch=e, val_acc=v) for e, v in r.history],
             graph=graph if isinstance(graph, dict) else None,
         ))
