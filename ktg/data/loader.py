@@ -3,8 +3,8 @@
 Instead of a DataLoader with per-image PIL transforms, the whole uint8 dataset
 lives on the device and each epoch is produced with a handful of large tensor
 ops (as in airbench): one permutation, one random draw for all crop offsets
-and flips, then per chunk a single gather that performs pad + crop + flip at
-once, and one fused normalisation. Batches are views into the chunk.
+and flips, then per chunk a single gather that performs crop + flip at once,
+and one fused normalisation. Batches are views into the chunk.
 
 Determinism: every random number of an epoch comes from one generator seeded
 from (seed, epoch) and nothing else, and all of them are drawn up front in a
@@ -96,15 +96,12 @@ class DeviceBatches:
         # The one host-to-device copy of the data.
         self.x = x.to(self.device).contiguous()
         self.y = y.to(self.device, torch.int64)
+        self._windows = self._crop_windows(augment) if augment.pad or augment.flip else None
         # (x / 255 - mean) / std  ==  x * scale + shift: one fused op per chunk.
         std_t = torch.tensor(std, dtype=torch.float64)
         mean_t = torch.tensor(mean, dtype=torch.float64)
         self._scale = (1.0 / (255.0 * std_t)).to(self.device, torch.float32).view(1, channels, 1, 1)
         self._shift = (-mean_t / std_t).to(self.device, torch.float32).view(1, channels, 1, 1)
-        # Index grids reused by every augmented gather.
-        self._channel_idx = torch.arange(channels, device=self.device).view(1, channels, 1, 1)
-        self._row_base = torch.arange(height, device=self.device)
-        self._col_base = torch.arange(width, device=self.device)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -127,7 +124,7 @@ class DeviceBatches:
         flips = torch.rand(n, generator=gen, device=self.device) < 0.5 if flip else None
 
         used = len(self) * batch if self.drop_last else n
-        per_image = self._channel_idx.numel() * self._row_base.numel() * self._col_base.numel()
+        per_image = self.x[0].numel()
         chunk = max(1, self.chunk_elements // (batch * per_image)) * batch
         for start in range(0, used, chunk):
             stop = min(start + chunk, used)
@@ -162,6 +159,23 @@ class DeviceBatches:
             return out.to(dtype=self.dtype, memory_format=torch.channels_last), labels
         return out.to(self.dtype), labels
 
+    def _crop_windows(self, augment: Augment) -> torch.Tensor:
+        """Every crop of every image, as a view: (flipped, sample, C, dy, dx, H, W).
+
+        The data is reflect-padded once (and, with flips, stored a second time
+        mirrored), so that a crop at offset (dy, dx) of a possibly flipped
+        image is one entry of an ``unfold`` view. An epoch then needs a single
+        gather of whole image rows, with no padded or flipped copies per batch.
+        Costs (1 + flip) * ((H + 2 pad) (W + 2 pad)) / (H W) times the raw data.
+        """
+        pad = augment.pad
+        height, width = self.x.shape[2:]
+        rows = _reflect(torch.arange(-pad, height + pad, device=self.device), height)
+        cols = _reflect(torch.arange(-pad, width + pad, device=self.device), width)
+        padded = self.x[:, :, rows.view(-1, 1), cols]
+        sides = torch.stack([padded, padded.flip(3)]) if augment.flip else padded.unsqueeze(0)
+        return sides.unfold(3, height, 1).unfold(4, width, 1)
+
     def _augmented(
         self,
         source: torch.Tensor,
@@ -170,28 +184,19 @@ class DeviceBatches:
         start: int,
         stop: int,
     ) -> torch.Tensor:
-        """Reflect-pad, random-crop and random-flip ``x[source]`` with a single gather.
+        """Random-crop and random-flip ``x[source]`` (reflect-padded) with a single gather.
 
-        Output pixel (i, j) of a sample cropped at (dy, dx) is pixel
-        (dy + i, dx + j) of the padded image, i.e. original pixel
-        (reflect(dy + i - pad), reflect(dx + j - pad)); a flip reads column
-        W-1-j instead of j. So pad, crop and flip all fold into per-sample row
-        and column index vectors, and one advanced-indexing gather (indices
-        broadcast, never materialised per pixel) produces the batch without
-        any padded or flipped intermediate copies.
+        A flipped crop at column offset dx of the padded image is the crop at
+        2 * pad - dx of the mirrored padded image: output column j reads padded
+        column W - 1 - j + dx, the same as flipping the unflipped crop.
         """
-        height, width = self._row_base.numel(), self._col_base.numel()
+        assert self._windows is not None
         pad = self.augment.pad
-        rows = self._row_base.expand(stop - start, height)
-        cols = self._col_base.expand(stop - start, width)
+        zeros = torch.zeros_like(source)
+        dy = offsets[start:stop, 0] if offsets is not None else zeros
+        dx = offsets[start:stop, 1] if offsets is not None else zeros
+        side = zeros
         if flips is not None:
-            cols = torch.where(flips[start:stop, None], width - 1 - cols, cols)
-        if offsets is not None:
-            rows = _reflect(rows + (offsets[start:stop, 0:1] - pad), height)
-            cols = _reflect(cols + (offsets[start:stop, 1:2] - pad), width)
-        return self.x[
-            source.view(-1, 1, 1, 1),
-            self._channel_idx,
-            rows.unsqueeze(1).unsqueeze(3),
-            cols.unsqueeze(1).unsqueeze(2),
-        ]
+            side = flips[start:stop].long()
+            dx = torch.where(flips[start:stop], 2 * pad - dx, dx)
+        return self._windows[side, source, :, dy, dx]
