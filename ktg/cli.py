@@ -42,6 +42,8 @@ def _add_recipe_args(p: argparse.ArgumentParser, *, epochs: int) -> None:
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--milestones", default="0.3,0.6,0.9", help="lr x gamma at these fractions of the epochs")
     g.add_argument("--gamma", type=float, default=0.1)
+    g.add_argument("--warmup-steps", type=int, default=500,
+                   help="linear lr warm-up over the first steps, never past the first milestone (0 = the paper's)")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +65,8 @@ def _recipe(args: argparse.Namespace):  # -> Recipe
     except ValueError:
         raise KtgError(f"--milestones: got {args.milestones!r}; allowed: fractions like 0.3,0.6,0.9") from None
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay, milestones=milestones, gamma=args.gamma)
+                    weight_decay=args.weight_decay, milestones=milestones, gamma=args.gamma,
+                    warmup_steps=args.warmup_steps)
     recipe.check()
     return recipe
 

@@ -405,3 +405,51 @@ def test_bf16_autocast_and_channels_last_on_cpu(digits_val_data: ImageData) -> N
         assert len(node.val_acc) == 1 and math.isfinite(node.val_acc[0]) and 0.0 <= node.val_acc[0] <= 1.0
         assert node.test_acc is not None and math.isfinite(node.test_acc) and 0.0 <= node.test_acc <= 1.0
         assert all(torch.isfinite(v.float()).all() for v in result.state_dicts()[nid].values())
+
+
+# --- the learning-rate schedule --------------------------------------------------
+
+def test_without_warmup_the_schedule_is_the_papers_multistep() -> None:
+    recipe = Recipe(epochs=10, warmup_steps=0)
+    spe = 7
+    reference = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    multistep = torch.optim.lr_scheduler.MultiStepLR(reference, milestones=[3, 6, 9], gamma=0.1)
+    for epoch in range(10):
+        expected = reference.param_groups[0]["lr"]
+        for step in range(epoch * spe, (epoch + 1) * spe):
+            assert recipe.lr_factor(step, spe) == pytest.approx(expected, rel=1e-12)
+        multistep.step()
+
+
+def test_warmup_is_linear_and_ends_at_the_first_milestone() -> None:
+    long_runs = Recipe(epochs=10, warmup_steps=8)  # 8 steps < the first milestone (epoch 3 = step 15)
+    assert [long_runs.lr_factor(k, 5) for k in range(10)] == pytest.approx([1 / 8, 2 / 8, 3 / 8, 4 / 8, 5 / 8,
+                                                                            6 / 8, 7 / 8, 1, 1, 1])
+    capped = Recipe(epochs=10, warmup_steps=500)  # capped at step 15, where the lr drops to 0.1
+    assert capped.lr_factor(0, 5) == pytest.approx(1 / 15)
+    assert capped.lr_factor(14, 5) == pytest.approx(1.0)
+    assert capped.lr_factor(15, 5) == pytest.approx(0.1)
+    assert capped.lr_factor(49, 5) == pytest.approx(0.001)
+    with pytest.raises(KtgError, match=r"warmup_steps: got -1; allowed: an integer >= 0"):
+        Recipe(warmup_steps=-1).check()
+
+
+def test_the_optimizer_follows_the_schedule_step_by_step(digits_data: ImageData) -> None:
+    recipe = Recipe(epochs=10, lr=0.05, warmup_steps=30)  # only 2 epochs run; the first milestone is epoch 3
+    g = graph(1, edge(0, 1, "ce"))
+    run = _GraphRun(g, digits_data, recipe, CPU, _build_models(g, digits_data, recipe, 0, CPU, None, {}), 0, [1])
+    seen = [run.optimizer.param_groups[0]["lr"]]  # the lr of step 0; on_batch then sees the next step's
+    for epoch in range(2):
+        run.train_epoch(epoch, lambda e, i: seen.append(run.optimizer.param_groups[0]["lr"]))
+    spe = len(run.batches)
+    assert len(seen) == 2 * spe + 1
+    assert seen == pytest.approx([0.05 * recipe.lr_factor(k, spe) for k in range(2 * spe + 1)])
+    assert seen[0] == pytest.approx(0.05 / 30) and seen[29] == pytest.approx(0.05)
+
+
+def test_mutual_learning_learns_digits(digits_data: ImageData) -> None:
+    """DML on digits with the default recipe: both peers learn (lr 0.1 from step 0 left one at 25 %)."""
+    g = graph([{"id": 1, "model": "resnet20"}, {"id": 2, "model": "resnet20"}],
+              edge(0, 1, "ce"), edge(0, 2, "ce"), edge(2, 1, "kl"), edge(1, 2, "kl"))
+    result = train(g, digits_data, recipe=Recipe(epochs=12))
+    assert all(result.nodes[nid].test_acc >= 0.9 for nid in (1, 2)), {n: r.test_acc for n, r in result.nodes.items()}
