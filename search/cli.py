@@ -30,17 +30,9 @@ _LIST_FIELDS = {"models", "gates", "losses"}
 _HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
 
 
-def build_spec(args: argparse.Namespace, base: dict[str, Any] | None) -> SearchSpec:
-    """Merge the stored spec (on resume), --spec-json and the flags; validate once."""
-    fields: dict[str, Any] = dict(base or {})
-    if args.spec_json:
-        try:
-            given = json.loads(args.spec_json)
-        except json.JSONDecodeError as exc:
-            raise KtgError(f"--spec-json: not valid JSON ({exc.msg} at char {exc.pos})") from None
-        if not isinstance(given, dict):
-            raise KtgError("--spec-json: expected a JSON object of search fields")
-        fields.update(given)
+def build_spec(args: argparse.Namespace, base: dict[str, Any] | None, given: dict[str, Any]) -> SearchSpec:
+    """Merge the stored spec (on resume), --spec-json (``given``) and the flags; validate once."""
+    fields: dict[str, Any] = {**(base or {}), **given}
     for flag, name in _FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -136,9 +128,10 @@ def write_graphs(study_name: str, trials: list, out_dir: Path, names: list[str])
 def run_search_command(args: argparse.Namespace) -> int:
     url = storage_url(args.storage)
     storage = open_storage(url)
-    name = args.study or _name_from_json(args.spec_json)
-    base = stored_spec(storage, name) if (args.resume and name) else None
-    spec = build_spec(args, base)
+    given = _spec_json(args.spec_json)
+    name = args.study or given.get("name")
+    base = stored_spec(storage, name) if (args.resume and isinstance(name, str)) else None
+    spec = build_spec(args, base, given)
     options = RunOptions(out_dir=Path(args.out), workers=args.workers, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address, device=args.device)
     if options.workers is not None and options.workers < 1:
@@ -160,12 +153,17 @@ def run_search_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _name_from_json(text: str | None) -> str | None:
+def _spec_json(text: str | None) -> dict[str, Any]:
+    """The fields given with --spec-json (what the API submits), or none."""
+    if not text:
+        return {}
     try:
-        value = json.loads(text).get("name") if text else None
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
+        given = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KtgError(f"--spec-json: not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(given, dict):
+        raise KtgError("--spec-json: expected a JSON object of search fields")
+    return given
 
 
 def run_export_command(args: argparse.Namespace) -> int:

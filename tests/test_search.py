@@ -382,6 +382,11 @@ def bad_runs(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,  # noq
         "password": search("password", **{"--storage": wrong_url}),
         "exists": search("exists", **{"--storage": postgres_url, "--study": existing}),
         "export": ["export", "--study", "no-such-study", "--storage", postgres_url, "--out", str(work / "exp")],
+        "spec-json": ["search", "--spec-json", '{"name": "j", "nodes": 3,', "--storage",
+                      f"sqlite:///{work / 'spec-json' / 'db.sqlite'}", "--out", str(work / "spec-json" / "out")],
+        "spec-fields": ["search", "--spec-json", '{"name": "j", "nodes": 11, "trials": 2, "gates": ["open"]}',
+                        "--storage", f"sqlite:///{work / 'spec-fields' / 'db.sqlite'}",
+                        "--out", str(work / "spec-fields" / "out")],
     }
     env = ktg_env(ray_tmp)
     procs = {}
@@ -463,6 +468,8 @@ def test_masked_hides_the_password(postgres_url: str) -> None:  # noqa: F811
     ("password", ["storage", "password"]),
     ("exists", ["--study", "already exists", "--resume"]),
     ("export", ["study", "no-such-study"]),
+    ("spec-json", ["--spec-json", "not valid JSON"]),
+    ("spec-fields", ["--nodes", "--gates", "open"]),
 ])
 def test_bad_input_is_one_clear_line(bad_runs: dict[str, SimpleNamespace], case: str, names: list[str]) -> None:
     r = bad_runs[case]
