@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduction-factor", type=int, help="ASHA reduction factor (default 2)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int, help="linear lr warm-up steps (default 500; 0 = the paper's recipe)")
     p.add_argument("--seed", type=int)
     p.add_argument("--storage", help="postgresql://user@host/db or sqlite:///file.db (default $KTG_STORAGE, "
                                      "else sqlite:///ktg-studies.db)")

@@ -210,7 +210,7 @@ class _Outputs:
 
 
 class _GraphRun:
-    """The state of one graph run: models, optimizer, schedule, data stream."""
+    """The state of one graph run: models, optimizer, step count, data stream."""
 
     def __init__(self, graph: Graph, data: ImageData, recipe: Recipe, accel: Accel,
                  models: dict[int, nn.Module], seed: int, scored: list[int]) -> None:
@@ -232,10 +232,6 @@ class _GraphRun:
         self.optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                          nesterov=recipe.nesterov and recipe.momentum > 0,
                                          weight_decay=recipe.weight_decay)
-        # Stepped once per batch: Python floats only, nothing reaches the device.
-        steps_per_epoch = len(self.batches)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: recipe.lr_factor(step, steps_per_epoch))
         self.total_steps = recipe.epochs * len(self.batches)
         self.step = 0
         self._eval: dict[str, DeviceBatches] = {}
@@ -249,9 +245,7 @@ class _GraphRun:
         for nid, model in self.models.items():
             model.train(nid in learning)
         if not learning:
-            for _ in range(len(self.batches)):
-                self.step += 1
-                self.schedule.step()
+            self.step += len(self.batches)
             return
         finite = torch.ones(len(learning), dtype=torch.bool, device=self.accel.device)
         for i, (x, y) in enumerate(self.batches.epoch(epoch)):
@@ -266,8 +260,8 @@ class _GraphRun:
             finite &= torch.isfinite(losses)
             self.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
+            self._set_lr()
             self.optimizer.step()
-            self.schedule.step()
             self.step += 1
             if on_batch is not None:
                 on_batch(epoch, i + 1)
@@ -275,6 +269,12 @@ class _GraphRun:
             bad = [learning[i] for i, ok in enumerate(finite.tolist()) if not ok]
             raise NonFiniteLoss(f"node {bad[0]}: loss became NaN or inf in epoch {epoch + 1} "
                                 f"(model {self.graph.node(bad[0]).model}); lower --lr or check the graph")
+
+    def _set_lr(self) -> None:
+        """The schedule, once per step: a Python float, nothing reaches the device."""
+        lr = self.recipe.lr * self.recipe.lr_factor(self.step, len(self.batches))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _node_loss(self, target: int, edges: list[Edge], outs: dict[int, _Outputs], labels: Tensor) -> Tensor:
         """``L_t = mean_n sum_{edges s->t} w * G(l_{s,t}(n))``, sources detached."""

@@ -25,7 +25,7 @@ from search.storage import best_trials, graph_of, load_study, masked, open_stora
 _FLAGS = {"nodes": "nodes", "trials": "trials", "study": "name", "dataset": "dataset", "data_dir": "data_dir",
           "classes": "classes", "epochs": "epochs", "target_model": "target_model", "models": "models",
           "gates": "gates", "losses": "losses", "reduction_factor": "reduction_factor",
-          "batch_size": "batch_size", "lr": "lr", "seed": "seed"}
+          "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps", "seed": "seed"}
 _LIST_FIELDS = {"models", "gates", "losses"}
 _HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
 

@@ -80,7 +80,7 @@ def train_trial(config: dict[str, Any]) -> None:
     data = data_spec.load()
     if config.get("poison"):
         data = replace(data, mean=tuple(float("nan") for _ in data.mean))  # a real NaN through the real path
-    recipe = Recipe(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr)
+    recipe = Recipe(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, warmup_steps=spec.warmup_steps)
     teachers = TeacherCache(data_spec, config["cache_dir"], quiet=True)
 
     def report(epoch: int, accs: dict[int, float]) -> None:

@@ -44,6 +44,7 @@ class SearchSpec(BaseModel):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     batch_size: Annotated[int, Field(ge=2, le=65_536)] = 64
     lr: Annotated[float, Field(gt=0, le=10)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000, description="Linear lr warm-up steps (0 = the paper's)")] = 500
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
     @field_validator("dataset")

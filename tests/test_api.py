@@ -274,10 +274,11 @@ def test_auth_limits_and_bad_input_over_http(server: Server) -> None:
     assert alice.post("/v1/studies", json=huge).status_code == 413
 
     bad = alice.post("/v1/studies", json={"name": "bad", "nodes": 11, "trials": 0, "dataset": "mnist",
-                                          "models": ["resnet20", "vgg16"], "gates": ["sometimes"], "colour": 1})
+                                          "models": ["resnet20", "vgg16"], "gates": ["sometimes"], "colour": 1,
+                                          "warmup_steps": -1})
     assert bad.status_code == 422
     fields = {e["field"] for e in bad.json()["errors"]}
-    assert fields == {"nodes", "trials", "dataset", "models", "gates", "colour"}
+    assert fields == {"nodes", "trials", "dataset", "models", "gates", "colour", "warmup_steps"}
     for word in ("nodes", "trials", "dataset", "mnist", "vgg16", "sometimes", "colour"):
         assert word in bad.json()["detail"]
     malformed = alice.post("/v1/studies", content=b'{"name": "m", "nodes": 2,', headers={"content-type":
