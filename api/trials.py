@@ -28,7 +28,7 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from api.schemas import TrialStateName
-from search.storage import ATTR_EPOCHS, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED, ATTR_SKIPPED
+from search.storage import ATTR_EPOCHS, ATTR_ERROR, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED, ATTR_SKIPPED
 
 # The trial states users filter by, as lower-case names (the keys of trial_counts).
 TRIAL_STATES: dict[TrialStateName, TrialState] = {
@@ -40,7 +40,7 @@ TRIAL_STATES: dict[TrialStateName, TrialState] = {
 }
 _STATE_NAMES: dict[TrialState, TrialStateName] = {state: name for name, state in TRIAL_STATES.items()}
 _FINITE = om.TrialValueModel.TrialValueType.FINITE
-_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED)
+_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR)
 
 
 @dataclass

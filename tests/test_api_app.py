@@ -37,6 +37,7 @@ from api.trials import study_figures
 from search.spec import SearchSpec
 from search.storage import (
     ATTR_EPOCHS,
+    ATTR_ERROR,
     ATTR_GRAPH,
     ATTR_INTERRUPTED,
     ATTR_SEED,
@@ -88,6 +89,8 @@ def fill_study(storage: optuna.storages.BaseStorage, name: str, n_trials: int, e
                  "running": TrialState.RUNNING, "interrupted": TrialState.FAIL}[kind]
         if kind == "interrupted":
             attrs[ATTR_INTERRUPTED] = True
+        if kind == "fail":
+            attrs[ATTR_ERROR] = f"NonFiniteLoss: node 1: loss became NaN or inf in epoch {stop}"
         value = history[stop] if kind in {"pruned", "complete"} else None
         trials.append(create_trial(state=state, value=value, intermediate_values=history, user_attrs=attrs))
         if kind == "interrupted":  # re-queued with the same parameters, as the runner does
@@ -223,6 +226,7 @@ def test_trials_pages_cover_the_study_in_order(client: TestClient, filled: tuple
         assert got["val_acc"] == trial.value
         assert [(h["epoch"], h["val_acc"]) for h in got["history"]] == sorted(trial.intermediate_values.items())
         assert got["interrupted"] == bool(trial.user_attrs.get(ATTR_INTERRUPTED))
+        assert got["error"] == trial.user_attrs.get(ATTR_ERROR)
     pruned = client.get(f"/v1/studies/{study_id}/trials", params={"state": "pruned", "limit": 500},
                         headers=ALICE).json()
     assert pruned["total"] == len(study.get_trials(states=(TrialState.PRUNED,)))
