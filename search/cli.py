@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ray.tune import Callback
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ktg.errors import KtgError
 from ktg.graph import Graph
@@ -69,8 +70,10 @@ class LiveDisplay(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.refresh()
         self.live.stop()
+        if not console.is_terminal:  # rich ends the last render with a newline only on a terminal
+            console.line()
 
-    def _render(self) -> Table:
+    def _render(self) -> Text:
         t = self.tally
         done = t.done_before + t.finished
         elapsed = time.monotonic() - t.started
@@ -78,11 +81,19 @@ class LiveDisplay(Callback):
         if t.finished:
             eta = f"{elapsed / t.finished * max(0, t.budget - done) / 60:.1f} min"
         best = f"{100 * t.best[0]:.2f}% (trial {t.best[1]})" if t.best else "-"
-        grid = Table.grid(padding=(0, 2))
-        grid.add_row(f"[bold]{self.study_name}[/]", f"{done}/{t.budget} trials",
-                     f"complete {t.complete}", f"pruned {t.pruned}", f"failed {t.failed}",
-                     f"running {t.running}", f"best val {best}", f"ETA {eta}")
-        return grid
+        fields = [self.study_name, f"{done}/{t.budget} trials", f"complete {t.complete}", f"pruned {t.pruned}",
+                  f"failed {t.failed}", f"running {t.running}", f"best val {best}", f"ETA {eta}"]
+        # Short fields on as few lines as fit: wrapped between fields, never inside one.
+        lines = [""]
+        for f in fields:
+            joined = f"{lines[-1]}  {f}" if lines[-1] else f
+            if len(joined) > console.width and lines[-1]:
+                lines.append(f)
+            else:
+                lines[-1] = joined
+        text = Text("\n".join(lines), no_wrap=True)
+        text.stylize("bold", 0, len(self.study_name))
+        return text
 
     def refresh(self) -> None:
         self.live.update(self._render())
