@@ -172,8 +172,11 @@ class DeviceBatches:
         height, width = self.x.shape[2:]
         rows = _reflect(torch.arange(-pad, height + pad, device=self.device), height)
         cols = _reflect(torch.arange(-pad, width + pad, device=self.device), width)
-        padded = self.x[:, :, rows.view(-1, 1), cols]
-        sides = torch.stack([padded, padded.flip(3)]) if augment.flip else padded.unsqueeze(0)
+        # The mirrored padded image reads the padded columns in reverse order.
+        col_orders = [cols, cols.flip(0)] if augment.flip else [cols]
+        sides = self.x.new_empty((len(col_orders), *self.x.shape[:2], len(rows), len(cols)))
+        for side, order in zip(sides, col_orders, strict=True):  # one side at a time bounds the peak memory
+            torch.index_select(self.x.index_select(2, rows), 3, order, out=side)
         return sides.unfold(3, height, 1).unfold(4, width, 1)
 
     def _augmented(
