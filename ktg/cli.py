@@ -67,7 +67,11 @@ def _recipe(args: argparse.Namespace):  # -> Recipe
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                     weight_decay=args.weight_decay, milestones=milestones, gamma=args.gamma,
                     warmup_steps=args.warmup_steps)
-    recipe.check()
+    try:
+        recipe.check()
+    except KtgError as exc:  # every recipe field has a flag of the same name: say the flag
+        field, _, rest = str(exc).partition(": ")
+        raise KtgError(f"--{field.replace('_', '-')}: {rest}") from None
     return recipe
 
 
