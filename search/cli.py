@@ -137,18 +137,22 @@ def write_graphs(study_name: str, trials: list, out_dir: Path, names: list[str])
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    url = storage_url(args.storage)
-    storage = open_storage(url)
-    given = _spec_json(args.spec_json)
-    name = args.study or given.get("name")
-    base = stored_spec(storage, name) if (args.resume and isinstance(name, str)) else None
-    spec = build_spec(args, base, given)
     options = RunOptions(out_dir=Path(args.out), workers=args.workers, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address, device=args.device)
     if options.workers is not None and options.workers < 1:
         raise KtgError(f"--workers: got {options.workers}; allowed: an integer >= 1")
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise KtgError("--cpus-per-trial/--gpus-per-trial: allowed: cpus > 0, gpus >= 0 (fractions pack a GPU)")
+    given = _spec_json(args.spec_json)
+    # A new study's spec is checked before the storage is touched, so bad input
+    # leaves nothing behind (not even an empty SQLite file); a resumed one needs
+    # the spec stored in the study first.
+    spec = None if args.resume else build_spec(args, None, given)
+    url = storage_url(args.storage)
+    storage = open_storage(url)
+    if spec is None:
+        name = args.study or given.get("name")
+        spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
               f"{spec.epochs} epochs on {spec.dataset}; search space {describe_size(space_size(spec))} graphs")

@@ -483,6 +483,8 @@ def test_bad_input_is_one_clear_line(bad_runs: dict[str, SimpleNamespace], case:
         assert name in lines[0], f"{name!r} not named in: {lines[0]}"
     assert PASSWORD not in both and r.wrong_pw not in both
     assert not (r.work / "out" / "ray").exists(), "Ray started before the input was checked"
+    if case in {"models", "gates", "nodes", "trials", "spec-json", "spec-fields"}:  # the spec itself is bad
+        assert not (r.work / "db.sqlite").exists(), "a bad spec created the storage"
 
 
 # -- the main search (PostgreSQL via --storage) -------------------------------------------------
