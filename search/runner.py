@@ -4,7 +4,8 @@ The driver owns the Optuna study (ask/tell through ``GraphSearcher``); Ray
 workers only train and report one validation accuracy per epoch, so they never
 need the database or its password. Trial states mean what they say:
 COMPLETE = trained to the full budget, PRUNED = stopped by ASHA, FAIL = raised
-or went NaN (or was sampled untrainable, with the reason in ``skipped``).
+or went NaN (the exception in ``error``), or was sampled untrainable (the reason
+in ``skipped``).
 Trials that were RUNNING when a driver died are marked ``interrupted`` and
 re-queued with the same parameters on ``--resume``.
 """
