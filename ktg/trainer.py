@@ -82,7 +82,7 @@ class Recipe:
         milestones = self.milestone_epochs()
         epoch = step // steps_per_epoch
         decay = self.gamma ** sum(epoch >= m for m in milestones)
-        warmup = min(self.warmup_steps, milestones[0] * steps_per_epoch if milestones else self.warmup_steps)
+        warmup = min([self.warmup_steps, *(m * steps_per_epoch for m in milestones[:1])])
         return decay * min(1.0, (step + 1) / warmup) if warmup else decay
 
 

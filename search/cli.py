@@ -144,15 +144,14 @@ def run_search_command(args: argparse.Namespace) -> int:
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise KtgError("--cpus-per-trial/--gpus-per-trial: allowed: cpus > 0, gpus >= 0 (fractions pack a GPU)")
     given = _spec_json(args.spec_json)
-    # A new study's spec is checked before the storage is touched, so bad input
-    # leaves nothing behind (not even an empty SQLite file); a resumed one needs
-    # the spec stored in the study first.
-    spec = None if args.resume else build_spec(args, None, given)
     url = storage_url(args.storage)
-    storage = open_storage(url)
-    if spec is None:
+    if args.resume:  # the spec stored in the study comes first
+        storage = open_storage(url)
         name = args.study or given.get("name")
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
+    else:  # checked before the storage is touched: bad input leaves nothing behind, not even an empty file
+        spec = build_spec(args, None, given)
+        storage = open_storage(url)
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
               f"{spec.epochs} epochs on {spec.dataset}; search space {describe_size(space_size(spec))} graphs")

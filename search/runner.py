@@ -252,8 +252,9 @@ def failure_reason(tune_trial: Any | None, limit: int = 500) -> str:
         cause = getattr(exc, "cause", None) or exc
         reason = f"{type(cause).__name__}: {cause}"
     except Exception:  # not picklable, or no file: the text trace's last line names the exception
-        text = (tune_trial.get_error() or "") if hasattr(tune_trial, "get_error") else ""
-        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+        error_file = Path(tune_trial.error_file or "")
+        text = error_file.read_text(errors="replace") if error_file.is_file() else ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         reason = lines[-1] if lines else "raised (no error text recorded by Ray)"
     return " ".join(reason.split())[:limit]
 

@@ -174,9 +174,10 @@ class DeviceBatches:
         cols = _reflect(torch.arange(-pad, width + pad, device=self.device), width)
         # The mirrored padded image reads the padded columns in reverse order.
         col_orders = [cols, cols.flip(0)] if augment.flip else [cols]
-        sides = self.x.new_empty((len(col_orders), *self.x.shape[:2], len(rows), len(cols)))
-        for side, order in zip(sides, col_orders, strict=True):  # one side at a time bounds the peak memory
-            torch.index_select(self.x.index_select(2, rows), 3, order, out=side)
+        row_padded = self.x.index_select(2, rows)
+        sides = self.x.new_empty((len(col_orders), *row_padded.shape[:3], len(cols)))
+        for side, order in zip(sides, col_orders, strict=True):  # written in place: no stacked copies
+            torch.index_select(row_padded, 3, order, out=side)
         return sides.unfold(3, height, 1).unfold(4, width, 1)
 
     def _augmented(
