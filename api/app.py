@@ -22,8 +22,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.db import init_schema, make_engine, make_sessions
-from api.jobs import RayJobs, RayUnavailable
-from api.registry import Reconciler, Redactor, Registry, StatusCache
+from api.lifecycle import Reconciler, Redactor, StudyLifecycle
+from api.ray_jobs import RayJobs, RayUnavailable, StatusCache
 from api.routers import health, studies
 from api.schemas import ErrorOut, FieldError
 from api.settings import Settings
@@ -175,13 +175,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the app. Connecting happens at start-up (lifespan): the registry schema
-    is created or migrated, Optuna's tables are made to exist, the reconciler starts."""
+    """Build the app. Connecting happens at start-up (lifespan): the study tables'
+    schema is created or migrated, Optuna's tables are made to exist, the reconciler starts."""
     engine = make_engine(settings.storage, pool_size=settings.db_pool_size)
     sessions = make_sessions(engine)
     jobs = RayJobs(settings.ray_address, timeout_s=settings.ray_timeout_s, token=settings.ray_token)
-    registry = Registry(sessions=sessions, jobs=jobs, cache=StatusCache(jobs, settings.ray_status_ttl_s),
-                        studies_dir=settings.studies_dir, redact=Redactor(settings.storage))
+    lifecycle = StudyLifecycle(sessions=sessions, jobs=jobs, cache=StatusCache(jobs, settings.ray_status_ttl_s),
+                               studies_dir=settings.studies_dir, redact=Redactor(settings.storage))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -191,7 +191,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.optuna_storage = await run_in_threadpool(open_storage, settings.storage)
         reconciler = None
         if settings.reconcile_interval_s > 0:
-            reconciler = Reconciler(registry, settings.reconcile_interval_s)
+            reconciler = Reconciler(lifecycle, settings.reconcile_interval_s)
             reconciler.start()
         try:
             yield
@@ -210,10 +210,11 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    # What the request dependencies (api.deps) hand to the routers; optuna_storage is set at start-up.
     app.state.settings = settings
     app.state.sessions = sessions
-    app.state.registry = registry
-    app.state.status_reader = StatusReader(sessions, registry, settings.status_ttl_s)
+    app.state.lifecycle = lifecycle
+    app.state.status_reader = StatusReader(sessions, lifecycle, settings.status_ttl_s)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(health.router, prefix="/v1", include_in_schema=False)

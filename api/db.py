@@ -35,6 +35,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from search.storage import sqlalchemy_url
+
 SCHEMA_VERSION = 1
 # migration i (0-based) takes the schema from version i+1 to i+2; append, never edit.
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = ()
@@ -104,13 +106,6 @@ class SchemaVersionRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     version: Mapped[int]
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-
-
-def sqlalchemy_url(url: str) -> str:
-    """Use psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
-    if url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:

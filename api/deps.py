@@ -1,7 +1,10 @@
-"""Request dependencies: who is calling (bearer token -> tenant) and a database session.
+"""Request dependencies: everything a router needs, so that no router reads ``app.state``.
 
-The cheap ones are ``async``: FastAPI runs sync dependencies in its thread pool,
-and a thread hop per dependency per request is most of a cached status read.
+Who is calling (bearer token -> tenant), a database session (or the session
+factory), the settings, the study lifecycle, the status reader and the Optuna
+storage. The cheap ones are ``async``: FastAPI runs sync dependencies in its
+thread pool, and a thread hop per dependency per request is most of a cached
+status read.
 
 Tokens come from configuration (``Settings.tokens``) and are compared in
 constant time. A missing or unknown token is 401 with ``WWW-Authenticate:
@@ -15,10 +18,12 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from optuna.storages import BaseStorage
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.registry import Registry
+from api.lifecycle import StudyLifecycle
 from api.settings import Settings
+from api.status import StatusReader
 
 # auto_error=False: we answer 401 ourselves, with the WWW-Authenticate header.
 _bearer = HTTPBearer(auto_error=False, description="A token from KTG_API_TOKENS ('tenant:token')")
@@ -29,14 +34,31 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+async def get_lifecycle(request: Request) -> StudyLifecycle:
+    lifecycle: StudyLifecycle = request.app.state.lifecycle
+    return lifecycle
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_status_reader(request: Request) -> StatusReader:
+    reader: StatusReader = request.app.state.status_reader
+    return reader
+
+
+async def get_optuna_storage(request: Request) -> BaseStorage:
+    """Optuna's storage (opened at start-up), for reads that go through Optuna itself."""
+    storage: BaseStorage = request.app.state.optuna_storage
+    return storage
+
+
+async def get_sessions(request: Request) -> sessionmaker[Session]:
+    """The session factory, for an operation that opens (and answers for) its own sessions."""
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
+
+
+def get_session(sessions: Annotated[sessionmaker[Session], Depends(get_sessions)]) -> Iterator[Session]:
     """One session per request, closed (and its connection returned) afterwards."""
-    with request.app.state.sessions() as session:
+    with sessions() as session:
         yield session
 
 
@@ -75,5 +97,8 @@ async def get_tenant(credentials: Annotated[HTTPAuthorizationCredentials | None,
 
 Tenant = Annotated[str, Depends(get_tenant)]
 DbSession = Annotated[Session, Depends(get_session)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+LifecycleDep = Annotated[StudyLifecycle, Depends(get_lifecycle)]
+StatusReaderDep = Annotated[StatusReader, Depends(get_status_reader)]
+OptunaStorageDep = Annotated[BaseStorage, Depends(get_optuna_storage)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

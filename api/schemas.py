@@ -1,6 +1,6 @@
 """Response bodies of the API: pydantic models, separate from the ORM tables.
 
-The tables are how the registry stores things; these models are the contract
+The tables are how the API stores studies; these models are the contract
 with clients (and the OpenAPI document). Keeping them apart lets a column change
 without a client noticing, and keeps internals (output folders, the storage
 URL) out of responses. Request bodies are ``search.spec.SearchSpec``, the same
@@ -12,11 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from search.storage import TRIAL_STATES, TrialStateName
 
 StudyState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TrialStateName = Literal["complete", "pruned", "fail", "running", "waiting"]
-STUDY_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STUDY_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -32,14 +32,12 @@ class ErrorOut(BaseModel):
     errors: list[FieldError] | None = None
 
 
-class TrialCounts(BaseModel):
-    """Trials by state; trials re-queued after a driver died are not counted twice."""
-
-    complete: int
-    pruned: int
-    fail: int
-    running: int
-    waiting: int
+# One count per trial state, named as search.storage names them.
+TrialCounts = create_model(
+    "TrialCounts",
+    __doc__="Trials by state; trials re-queued after a driver died are not counted twice.",
+    **{name: (int, ...) for name in TRIAL_STATES},
+)
 
 
 class RayJobOut(BaseModel):

@@ -46,7 +46,7 @@ def prepare(storage: str | None = None) -> Settings:
     from sqlalchemy.exc import SQLAlchemyError
 
     from api.db import SchemaError, init_schema, make_engine
-    from api.jobs import HeadError, ensure_local_head
+    from api.ray_head import HeadError, ensure_local_head
     from api.settings import ConfigError
     from ktg.errors import KtgError
     from search.storage import masked, open_storage

@@ -1,7 +1,7 @@
 """A study's status as clients see it, and the fast path that serves it to pollers.
 
 ``GET /v1/studies/{id}`` is what dashboards, scripts and CI loops call over and
-over, often many clients on one study. Each answer combines the registry row,
+over, often many clients on one study. Each answer combines the study row,
 Ray's job status and the trial figures from the Optuna tables; computing it costs
 a few milliseconds of database and Python time, which 50 clients polling in a
 tight loop would turn into hundreds of milliseconds of queueing. So the answer is
@@ -20,9 +20,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import StudyRow
-from api.registry import Registry
+from api.lifecycle import StudyLifecycle
 from api.schemas import RayJobOut, StudyStatus, StudySummary, TrialCounts
-from api.trials import study_figures
+from search.study_queries import study_figures
 
 PREFIX = "/v1/studies"
 
@@ -38,7 +38,7 @@ def summary(row: StudyRow) -> StudySummary:
 
 
 def study_status(session: Session, row: StudyRow) -> StudyStatus:
-    """The full status of one study: registry row + trial figures from the Optuna tables."""
+    """The full status of one study: its row + trial figures from the Optuna tables."""
     figures = study_figures(session, row.optuna_name)
     budget = int(row.spec.get("trials", 0)) or 1
     return StudyStatus(
@@ -68,8 +68,8 @@ class StatusReader:
 
     MAX_ENTRIES = 10_000
 
-    def __init__(self, sessions: sessionmaker[Session], registry: Registry, ttl_s: float) -> None:
-        self.sessions, self.registry, self.ttl_s = sessions, registry, ttl_s
+    def __init__(self, sessions: sessionmaker[Session], lifecycle: StudyLifecycle, ttl_s: float) -> None:
+        self.sessions, self.lifecycle, self.ttl_s = sessions, lifecycle, ttl_s
         self._cache: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[_Entry | None]] = {}
 
@@ -100,7 +100,7 @@ class StatusReader:
             row = session.get(StudyRow, study_id)
             if row is None:
                 return None
-            row = self.registry.refresh(row)
+            row = self.lifecycle.refresh(row)
             body = study_status(session, row).model_dump_json().encode()
         entry = _Entry(at=time.monotonic(), tenant=row.tenant, body=body)
         if len(self._cache) >= self.MAX_ENTRIES:

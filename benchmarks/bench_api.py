@@ -13,7 +13,7 @@ then paced (each polls every ``--interval``). Prints p50/p90/p99/max, throughput
 and the server's CPU time per request (steadier than latency on a shared machine);
 the target is p99 < 50 ms. It also prints, side by side, one status
 read through ``search.storage.trial_counts`` (Optuna loads every trial) against
-the API's SQL aggregate (``api.trials.study_figures``), which is why the latter exists.
+the API's SQL aggregate (``search.study_queries.study_figures``), which is why the latter exists.
 
     python benchmarks/bench_api.py [--storage URL] [--clients 50] [--seconds 15]
 """
@@ -66,11 +66,12 @@ def prepare_study(storage_url: str, data_dir: Path, trials: int) -> tuple[str, s
     """The 1,500-trial study and its registry row (running, with a Ray job RUNNING):
     (study id, Optuna study name)."""
     from api.db import init_schema, make_engine, make_sessions, utcnow
-    from api.jobs import RayJobs, ensure_local_head
-    from api.registry import new_row
+    from api.lifecycle import new_row
+    from api.ray_head import ensure_local_head
+    from api.ray_jobs import RayJobs
     from search.spec import SearchSpec
     from search.storage import open_storage
-    from tests.test_api_app import fill_study
+    from tests.optuna_studies import fill_study
 
     storage = open_storage(storage_url)
     name = f"bench-{int(time.time())}"
@@ -97,8 +98,8 @@ def prepare_study(storage_url: str, data_dir: Path, trials: int) -> tuple[str, s
 def compare_single_reads(storage_url: str, study_name: str, repeats: int = 5) -> None:
     """One status read, no load: Optuna's trial_counts vs the API's SQL aggregate."""
     from api.db import make_engine, make_sessions
-    from api.trials import study_figures
     from search.storage import load_study, open_storage, trial_counts
+    from search.study_queries import study_figures
 
     storage = open_storage(storage_url)
     engine = make_engine(storage_url)
@@ -195,7 +196,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between a paced client's requests")
     args = parser.parse_args()
 
-    from api.jobs import read_head, stop_local_head
+    from api.ray_head import read_head, stop_local_head
 
     data_dir = Path(tempfile.mkdtemp(prefix="ktg-bench-api-"))
     server: subprocess.Popen[bytes] | None = None

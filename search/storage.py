@@ -4,14 +4,21 @@ The storage is the record of truth for a search: every trial's parameters,
 per-epoch validation accuracy (intermediate values), graph (user attribute
 ``graph``), seed and epochs reached. The URL may carry a password, so it is
 only ever shown masked.
+
+The study rules live here, and every floor reads them from here: the trial
+state names (``TrialStateName``), which trials count and which are finished
+(``counted``, ``FINISHED_STATES``), which trials are the best (``best_trials``),
+and the URL SQLAlchemy is given (``sqlalchemy_url``). ``search.study_queries``
+reads the same rules in SQL, for status polls.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -31,10 +38,23 @@ ATTR_INTERRUPTED = "interrupted"  # was RUNNING when its driver died; re-queued 
 ATTR_ERROR = "error"              # why a trial that raised or went NaN failed
 STUDY_ATTR_SPEC = "spec"
 
+# The trial states users see, count and filter by: Optuna's own, named in lower case.
+TrialStateName = Literal["complete", "pruned", "fail", "running", "waiting"]
+TRIAL_STATES: dict[TrialStateName, TrialState] = {name: TrialState[name.upper()] for name in get_args(TrialStateName)}
+# A trial is over, having used its share of the budget, once it completed, was pruned or failed.
+FINISHED_STATES: tuple[TrialStateName, ...] = ("complete", "pruned", "fail")
+
 
 def storage_url(url: str | None) -> str:
     """The URL to use: the flag, else $KTG_STORAGE, else the embedded SQLite file."""
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
 
 
 def masked(url: str) -> str:
@@ -56,8 +76,7 @@ def open_storage(url: str, *, quick: bool = False) -> optuna.storages.RDBStorage
     shown = masked(url)
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgresql+psycopg2:", "mysql")):
         raise KtgError(f"storage: got {shown!r}; allowed: postgresql://user@host/db or sqlite:///file.db")
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")  # psycopg 3, not psycopg2
+    url = sqlalchemy_url(url)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -97,7 +116,17 @@ def counted(trial: FrozenTrial) -> bool:
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state: complete, pruned, fail, running, waiting (re-queued ones left out)."""
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False) if counted(t))
-    return {name: states.get(name, 0) for name in ("complete", "pruned", "fail", "running", "waiting")}
+    return {name: states.get(name, 0) for name in TRIAL_STATES}
+
+
+def finished_in(counts: Mapping[str, int]) -> int:
+    """How many trials are over, from counts by state name (``trial_counts``, ``StudyFigures.counts``)."""
+    return sum(counts[name] for name in FINISHED_STATES)
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count against the budget and are over (complete, pruned or failed)."""
+    return finished_in(trial_counts(study))
 
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:

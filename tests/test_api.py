@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.jobs import HeadError, RayJobs, ensure_local_head, read_head, stop_local_head
+from api.ray_head import HeadError, ensure_local_head, read_head, stop_local_head
+from api.ray_jobs import RayJobs
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -224,7 +225,7 @@ def test_a_study_recorded_but_never_submitted_is_launched_once(server: Server, p
     """The API died between recording a study and submitting its job: the reconciler
     (of the next API process) submits it, and submitting again starts nothing new."""
     from api.db import make_engine, make_sessions
-    from api.registry import new_row
+    from api.lifecycle import new_row
     from search.spec import SearchSpec
 
     engine = make_engine(postgres_url)
@@ -273,13 +274,13 @@ def test_auth_limits_and_bad_input_over_http(server: Server) -> None:
     huge = {"name": "huge", "nodes": 2, "trials": 1, "data_dir": "x" * 100_000}
     assert alice.post("/v1/studies", json=huge).status_code == 413
 
-    bad = alice.post("/v1/studies", json={"name": "bad", "nodes": 11, "trials": 0, "dataset": "mnist",
+    bad = alice.post("/v1/studies", json={"name": "bad", "nodes": 11, "trials": 0, "dataset": "imagenet",
                                           "models": ["resnet20", "vgg16"], "gates": ["sometimes"], "colour": 1,
                                           "warmup_steps": -1})
     assert bad.status_code == 422
     fields = {e["field"] for e in bad.json()["errors"]}
     assert fields == {"nodes", "trials", "dataset", "models", "gates", "colour", "warmup_steps"}
-    for word in ("nodes", "trials", "dataset", "mnist", "vgg16", "sometimes", "colour"):
+    for word in ("nodes", "trials", "dataset", "imagenet", "vgg16", "sometimes", "colour"):
         assert word in bad.json()["detail"]
     malformed = alice.post("/v1/studies", content=b'{"name": "m", "nodes": 2,', headers={"content-type":
                                                                                            "application/json"})

@@ -1,178 +1,46 @@
-"""The API app in-process on a real PostgreSQL, with no Ray: configuration, the
-registry schema, the status reads against ``search.storage``'s own helpers, and
-property-based fuzzing of every endpoint from the OpenAPI schema.
+"""The API app in-process on a real PostgreSQL, with no Ray: the study tables' schema,
+the status reads against ``search.storage``'s own helpers, listing, launching
+without Ray, cancelling, and the embedded SQLite default.
 
 Ray is configured at a closed port, so launching answers 503 and no search ever
-starts here; the end-to-end tests with a real Ray are in ``test_api.py``.
+starts here; the end-to-end tests with a real Ray are in ``test_api.py``, the
+fuzzing of every endpoint in ``test_api_fuzz.py``.
 """
 
 from __future__ import annotations
 
-import random
-import socket
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
-from optuna.trial import TrialState, create_trial
-from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.config import SchemathesisConfig
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from optuna.trial import TrialState
 from sqlalchemy import select, text
 
 from api.app import create_app
 from api.db import SCHEMA_VERSION, SchemaError, SchemaVersionRow, StudyRow, init_schema, make_engine
-from api.registry import new_row
-from api.settings import ENV_NAMES, ConfigError, Settings, parse_tokens
-from api.trials import study_figures
+from api.settings import Settings
 from search.spec import SearchSpec
-from search.storage import (
-    ATTR_EPOCHS,
-    ATTR_ERROR,
-    ATTR_GRAPH,
-    ATTR_INTERRUPTED,
-    ATTR_SEED,
-    best_trials,
-    open_storage,
-    trial_counts,
+from search.storage import ATTR_ERROR, ATTR_INTERRUPTED, best_trials, open_storage, trial_counts
+from search.study_queries import study_figures
+from tests.api_fixtures import (  # noqa: F401
+    ALICE,
+    BOB,
+    TOKENS,
+    app_fixture,
+    app_settings_fixture,
+    client_fixture,
+    closed_port,
+    filled_fixture,
+    register,
 )
+from tests.optuna_studies import fill_study
 from tests.postgres import postgres_url  # noqa: F401
 
-TOKENS = {"token-alice-0123456789": "alice", "token-bob-0123456789": "bob"}
-ALICE = {"Authorization": "Bearer token-alice-0123456789"}
-BOB = {"Authorization": "Bearer token-bob-0123456789"}
-GRAPH = {
-    "format": "ktg-graph/1",
-    "nodes": [{"id": 1, "model": "resnet20"}, {"id": 2, "model": "resnet20"}],
-    "edges": [{"source": 0, "target": 1, "loss": "ce", "gate": "through"},
-              {"source": 2, "target": 1, "loss": "kl", "gate": "linear"},
-              {"source": 0, "target": 2, "loss": "ce", "gate": "through"}],
-    "meta": {"dataset": "digits"},
-}
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fill_study(storage: optuna.storages.BaseStorage, name: str, n_trials: int, epochs: int,
-               seed: int = 0, workers: int = 1) -> optuna.Study:
-    """An Optuna study shaped like an ASHA search's: mostly pruned at early rungs, some
-    complete at the full budget, a few failed, running, re-queued (interrupted + waiting).
-
-    Trials are written whole (``add_trial``), one transaction each, by ``workers``
-    threads (Optuna's RDB storage takes concurrent writers, as distributed searches do).
-    """
-    rng = random.Random(seed)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    rungs = [r for r in (1, 2, 4, 8, 16, 32, 64, 128) if r < epochs] + [epochs]
-    trials = []
-    for number in range(n_trials):
-        kind = rng.choices(["pruned", "complete", "fail", "running", "interrupted"], [80, 10, 4, 3, 3])[0]
-        stop = epochs if kind == "complete" else rungs[min(int(rng.expovariate(0.7)), len(rungs) - 1)]
-        history = {e: round(min(0.99, 0.1 + 0.8 * (1 - 0.9 ** e) * rng.uniform(0.8, 1.0)), 4)
-                   for e in range(1, stop + 1)}
-        attrs: dict[str, Any] = {ATTR_GRAPH: GRAPH, ATTR_SEED: 0, ATTR_EPOCHS: stop}
-        state = {"pruned": TrialState.PRUNED, "complete": TrialState.COMPLETE, "fail": TrialState.FAIL,
-                 "running": TrialState.RUNNING, "interrupted": TrialState.FAIL}[kind]
-        if kind == "interrupted":
-            attrs[ATTR_INTERRUPTED] = True
-        if kind == "fail":
-            attrs[ATTR_ERROR] = f"NonFiniteLoss: node 1: loss became NaN or inf in epoch {stop}"
-        value = history[stop] if kind in {"pruned", "complete"} else None
-        trials.append(create_trial(state=state, value=value, intermediate_values=history, user_attrs=attrs))
-        if kind == "interrupted":  # re-queued with the same parameters, as the runner does
-            trials.append(create_trial(state=TrialState.WAITING, user_attrs={"retry_of": number}))
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(study.add_trial, trials))
-    return study
-
-
-def register(sessions: Any, tenant: str, spec: SearchSpec, state: str, data_dir: Path) -> str:
-    """A registry row for a study created outside Ray (as if its job had run)."""
-    row = new_row(tenant, spec, data_dir / "studies")
-    row.state = state
-    with sessions.begin() as session:
-        session.add(row)
-    return row.id
-
-
-@pytest.fixture(scope="module")
-def app_settings(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:  # noqa: F811
-    return Settings(storage=postgres_url, tokens=TOKENS, data_dir=tmp_path_factory.mktemp("api-app"),
-                    ray_address=f"http://127.0.0.1:{closed_port()}", ray_timeout_s=2.0, reconcile_interval_s=0)
-
-
-@pytest.fixture(scope="module")
-def app(app_settings: Settings) -> FastAPI:
-    return create_app(app_settings)
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=True) as c:  # runs the lifespan: schema, Optuna tables
-        yield c
-
-
-@pytest.fixture(scope="module")
-def filled(client: TestClient, app: FastAPI, app_settings: Settings) -> tuple[str, optuna.Study]:
-    """Alice's 'mixed' study: 300 trials of every state, registered as running."""
-    storage = open_storage(app_settings.storage)
-    spec = SearchSpec(name="mixed", nodes=2, trials=400, epochs=20, models=["resnet20"], target_model="resnet20")
-    study = fill_study(storage, "alice.mixed", 300, epochs=20, seed=1)
-    return register(app.state.sessions, "alice", spec, "succeeded", app_settings.data_dir), study
-
-
-# -- configuration -------------------------------------------------------------------------
-
-def test_env_names_are_the_deployment_contract() -> None:
-    assert ENV_NAMES == ("KTG_STORAGE", "KTG_API_TOKENS", "KTG_API_TOKENS_FILE", "KTG_MAX_BODY_BYTES",
-                         "KTG_DATA_DIR", "RAY_ADDRESS")
-
-
-def test_tokens_from_env_and_file(tmp_path: Path) -> None:
-    token_file = tmp_path / "tokens"
-    token_file.write_text("# rotated monthly\nteam-b:tok-b1\nteam-b:tok-b2, team_c:tok-c\n")
-    s = Settings.from_env({"KTG_API_TOKENS": "team-a:tok-a", "KTG_API_TOKENS_FILE": str(token_file),
-                           "KTG_STORAGE": "sqlite:///rel/studies.db", "KTG_DATA_DIR": str(tmp_path / "d")})
-    assert dict(s.tokens) == {"tok-a": "team-a", "tok-b1": "team-b", "tok-b2": "team-b", "tok-c": "team_c"}
-    assert s.tenant_of("tok-b2") == "team-b" and s.tenant_of("tok-b") is None and s.tenant_of("") is None
-    assert s.storage == f"sqlite:///{Path('rel/studies.db').resolve()}"  # absolute: jobs run elsewhere
-    assert s.max_body_bytes == 64 * 1024 and s.data_dir == tmp_path / "d" and s.ray_address is None
-
-
-@pytest.mark.parametrize(("env", "names"), [
-    ({}, "KTG_API_TOKENS"),
-    ({"KTG_API_TOKENS": "  , "}, "KTG_API_TOKENS"),
-    ({"KTG_API_TOKENS": "alice"}, "KTG_API_TOKENS: entry 1 is not 'tenant:token'"),
-    ({"KTG_API_TOKENS": "al ice:tok"}, "tenant 'al ice' must match"),
-    ({"KTG_API_TOKENS": "a:tok,b:tok"}, "share a token"),
-    ({"KTG_API_TOKENS_FILE": "/nonexistent/tokens"}, "KTG_API_TOKENS_FILE: cannot read /nonexistent/tokens"),
-    ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_BODY_BYTES": "lots"}, "KTG_MAX_BODY_BYTES: got 'lots'"),
-])
-def test_bad_configuration_is_one_line_naming_the_variable(env: dict[str, str], names: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        Settings.from_env(env)
-    assert names in str(err.value) and "\n" not in str(err.value)
-
-
-def test_token_parsing_keeps_colons_in_tokens() -> None:
-    assert parse_tokens("a:b:c", "X") == {"b:c": "a"}
-
-
-# -- registry schema -------------------------------------------------------------------------
+# -- the study tables' schema ---------------------------------------------------------------
 
 def test_schema_is_versioned_and_refuses_a_newer_one(client: TestClient, app_settings: Settings) -> None:
     engine = make_engine(app_settings.storage)
@@ -338,63 +206,3 @@ def test_the_embedded_sqlite_default_works_too(tmp_path: Path) -> None:
         assert c.get(f"/v1/studies/{study_id}/best", headers=ALICE).json()["items"][0]["trial"] == \
             best_trials(study, 1)[0].number
         assert c.post("/v1/studies", json={"name": "x", "nodes": 2, "trials": 1}, headers=ALICE).status_code == 503
-
-
-# -- fuzzing every endpoint ---------------------------------------------------------------------
-
-def _fuzz_cases() -> list[Any]:
-    """One case per (operation, generation mode, study id kind), read from the app's
-    OpenAPI document (building the app connects to nothing). Negative data only where
-    an operation takes input; a pinned real study id only where its path has one."""
-    offline = Settings(storage="postgresql://nobody@127.0.0.1:1/none", tokens={"t": "t"}, data_dir=Path("."))
-    cases = []
-    for path, item in create_app(offline).openapi()["paths"].items():
-        for method, operation in item.items():
-            takes_input = bool(operation.get("parameters") or operation.get("requestBody"))
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                for real_study in (False, True):
-                    if (mode is GenerationMode.NEGATIVE and not takes_input) or (real_study and "{study_id}" not in path):
-                        continue
-                    name = f"{method.upper()} {path} {mode.value}{' real-id' if real_study else ''}"
-                    cases.append(pytest.param(method.upper(), path, mode, real_study, id=name))
-    return cases
-
-
-@pytest.fixture(scope="module")
-def api_schema(app: FastAPI) -> Any:
-    # Alice's token through the schema's own security scheme, so negative cases
-    # may still drop or spoil it (and then must get 401).
-    token = next(t for t, tenant in TOKENS.items() if tenant == "alice")
-    config = SchemathesisConfig.from_dict({"auth": {"openapi": {"HTTPBearer": {"bearer": token}}}})
-    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
-
-
-@schemathesis.check
-def no_internal_error(ctx: Any, response: Any, case: Any) -> bool | None:
-    """500 (or 502/504) means a bug. 503 is the documented answer when Ray (configured
-    unreachable here) or the database does not answer, so it is allowed."""
-    if response.status_code >= 500 and response.status_code != 503:
-        raise AssertionError(f"internal error {response.status_code}: {response.text[:300]}")
-    return None
-
-
-@pytest.mark.parametrize(("method", "path", "mode", "real_study"), _fuzz_cases())
-def test_fuzz_every_endpoint_never_500(api_schema: Any, filled: tuple[str, optuna.Study], method: str, path: str,
-                                       mode: GenerationMode, real_study: bool) -> None:
-    """Generated requests (valid and invalid data) against every operation: no 500, and
-    every answer matches its documented status codes, content types and schemas.
-
-    ``real-id`` pins the study id to a study with 300 trials, so the fuzzing also
-    reaches the handlers' success paths, not only their 404s.
-    """
-    pinned = {"study_id": filled[0]} if real_study else None
-    # SearchSpec checks model names (resnet depth 6n+2, wrn 6n+4, ...) in validators that
-    # JSON Schema cannot express, so a "schema-valid" body may rightly be a 422.
-    excluded = [not_a_server_error] + ([positive_data_acceptance] if method == "POST" else [])
-
-    @given(case=api_schema[path][method].as_strategy(generation_mode=mode, path_parameters=pinned))
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def check(case: Any) -> None:
-        case.call_and_validate(excluded_checks=excluded, additional_checks=[no_internal_error])
-
-    check()

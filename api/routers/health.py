@@ -7,16 +7,12 @@ its address or credentials.
 
 from __future__ import annotations
 
-import logging
+from fastapi import APIRouter, Depends, Response, status
 
-from fastapi import APIRouter, Depends, Request, Response, status
-from sqlalchemy import text
-
-from api.deps import RegistryDep, reject_unknown_query
-from api.jobs import RayUnavailable
+from api.deps import LifecycleDep, SessionsDep, reject_unknown_query
 from api.schemas import ErrorOut, Health, Readiness
+from api.service import readiness
 
-log = logging.getLogger("ktg.api")
 router = APIRouter(tags=["health"], dependencies=[Depends(reject_unknown_query)])
 
 
@@ -29,20 +25,8 @@ def healthz() -> Health:
 @router.get("/readyz", response_model=Readiness, summary="Readiness: the database and Ray answer",
             responses={503: {"model": Readiness, "description": "The database or Ray does not answer"},
                        422: {"model": ErrorOut, "description": "Unknown query parameter"}})
-def readyz(request: Request, registry: RegistryDep, response: Response) -> Readiness:
-    database = ray = "ok"
-    try:
-        with request.app.state.sessions() as session:
-            session.execute(text("SELECT 1"))
-    except Exception as exc:
-        log.warning("readyz: database: %s", exc)
-        database = "unreachable"
-    try:
-        registry.jobs.version()
-    except RayUnavailable as exc:
-        log.warning("readyz: %s", exc)
-        ray = "unreachable"
-    ready = database == ray == "ok"
-    if not ready:
+def readyz(sessions: SessionsDep, lifecycle: LifecycleDep, response: Response) -> Readiness:
+    ready = readiness(sessions, lifecycle.jobs)
+    if ready.status != "ready":
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Readiness(status="ready" if ready else "not ready", database=database, ray=ray)
+    return ready

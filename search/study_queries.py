@@ -6,11 +6,12 @@ loads every trial (parameters, attributes, every epoch's value) to count them;
 for a 1,500-trial study that is hundreds of milliseconds per poll. Here the
 database counts: a handful of indexed aggregate queries, a few milliseconds.
 
-The rules are the same as ``search.storage``'s (trials marked ``interrupted``
-were re-queued and do not count; "best" means full-budget COMPLETE trials with
-a graph), and the tests check these reads against those helpers on the same
-study. The table models are Optuna's own (``optuna.storages._rdb.models``): the
-schema Optuna migrates is the one read here, not a copy of it.
+The rules are ``search.storage``'s (trials marked ``interrupted`` were re-queued
+and do not count; "finished" is ``FINISHED_STATES``; "best" means full-budget
+COMPLETE trials with a graph), and ``tests/test_study_queries.py`` pins these
+reads to what Optuna's own API says about the same study. The table models are
+Optuna's own (``optuna.storages._rdb.models``): the schema Optuna migrates is
+the one read here, not a copy of it.
 """
 
 from __future__ import annotations
@@ -27,20 +28,22 @@ from optuna.trial import TrialState
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
-from api.schemas import TrialStateName
-from search.storage import ATTR_EPOCHS, ATTR_ERROR, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED, ATTR_SKIPPED
+from search.storage import (
+    ATTR_EPOCHS,
+    ATTR_ERROR,
+    ATTR_GRAPH,
+    ATTR_INTERRUPTED,
+    ATTR_SEED,
+    ATTR_SKIPPED,
+    TRIAL_STATES,
+    TrialStateName,
+    finished_in,
+)
 
-# The trial states users filter by, as lower-case names (the keys of trial_counts).
-TRIAL_STATES: dict[TrialStateName, TrialState] = {
-    "complete": TrialState.COMPLETE,
-    "pruned": TrialState.PRUNED,
-    "fail": TrialState.FAIL,
-    "running": TrialState.RUNNING,
-    "waiting": TrialState.WAITING,
-}
 _STATE_NAMES: dict[TrialState, TrialStateName] = {state: name for name, state in TRIAL_STATES.items()}
 _FINITE = om.TrialValueModel.TrialValueType.FINITE
-_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR)
+# The user attributes a trial record carries (others, not written by ktg, are left out).
+TRIAL_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR)
 
 
 @dataclass
@@ -53,7 +56,7 @@ class StudyFigures:
 
     @property
     def finished(self) -> int:
-        return self.counts["complete"] + self.counts["pruned"] + self.counts["fail"]
+        return finished_in(self.counts)
 
 
 @dataclass
@@ -151,7 +154,7 @@ def _history(session: Session, ids: Sequence[int]) -> dict[int, list[tuple[int, 
 def _attrs(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     attr = om.TrialUserAttributeModel
     out: dict[int, dict[str, Any]] = {}
-    query = select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(ids), attr.key.in_(_ATTRS))
+    query = select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(ids), attr.key.in_(TRIAL_ATTRS))
     for tid, key, raw in session.execute(query):
         try:
             out.setdefault(tid, {})[key] = json.loads(raw)

@@ -1,12 +1,12 @@
 """The study lifecycle: record, launch, follow, cancel, and reconcile with Ray.
 
-The registry row says what a tenant asked for; Ray says what runs. They can
-disagree (the API died between recording and submitting, a cancel reached the
-database but not Ray, the cluster was restarted and forgot its jobs), so the
-reconciler compares the two and acts: submit what was never submitted, submit
-again what Ray lost (``--resume`` continues the study), stop what was cancelled
-but still runs. Every action is idempotent; several API replicas may reconcile
-at once.
+The study row (``api.db.StudyRow``) says what a tenant asked for; Ray says what
+runs. They can disagree (the API died between recording and submitting, a cancel
+reached the database but not Ray, the cluster was restarted and forgot its jobs),
+so the reconciler compares the two and acts: submit what was never submitted,
+submit again what Ray lost (``--resume`` continues the study), stop what was
+cancelled but still runs. Every action is idempotent; several API replicas may
+reconcile at once.
 
 State changes are compare-and-set ``UPDATE ... WHERE state = <what I read>`` so
 a slow status refresh can never overwrite a cancellation that landed meanwhile.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,15 @@ from sqlalchemy import CursorResult, Result, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import StudyRow, utcnow
-from api.jobs import STATE_OF_JOB_STATUS, TERMINAL_JOB_STATUSES, JobState, RayJobs, RayUnavailable, search_entrypoint
+from api.ray_jobs import (
+    STATE_OF_JOB_STATUS,
+    TERMINAL_JOB_STATUSES,
+    JobState,
+    RayJobs,
+    RayUnavailable,
+    StatusCache,
+    search_entrypoint,
+)
 from api.schemas import FINISHED_STUDY_STATES
 from search.spec import SearchSpec
 
@@ -55,11 +62,6 @@ def optuna_name(tenant: str, name: str) -> str:
     return f"{tenant}.{name}"
 
 
-def job_spec(spec: SearchSpec, tenant: str) -> SearchSpec:
-    """The spec the job runs: the user's, named by its Optuna study name."""
-    return spec.model_copy(update={"name": optuna_name(tenant, spec.name)})
-
-
 class Redactor:
     """Removes the storage password from text shown to users (Ray messages, driver logs)."""
 
@@ -78,40 +80,13 @@ class Redactor:
         return text
 
 
-class StatusCache:
-    """Ray job statuses, fresh for ``ttl_s``: many clients polling one study cost one
-    dashboard request per ttl, not one per poll. An unreachable Ray is remembered for
-    ``ttl_s`` too, so an outage does not make every status read wait on a connect."""
-
-    def __init__(self, jobs: RayJobs, ttl_s: float) -> None:
-        self.jobs, self.ttl_s = jobs, ttl_s
-        self._entries: dict[str, tuple[float, JobState | RayUnavailable | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, submission_id: str) -> JobState | None:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(submission_id)
-        if entry is None or now - entry[0] >= self.ttl_s:
-            try:
-                entry = (now, self.jobs.status(submission_id))
-            except RayUnavailable as exc:
-                entry = (now, exc)
-            with self._lock:
-                self._entries[submission_id] = entry
-        result = entry[1]
-        if isinstance(result, RayUnavailable):  # a fresh exception: the cached one is shared across threads
-            raise RayUnavailable(str(result), ambiguous=result.ambiguous)
-        return result
-
-    def forget(self, submission_id: str) -> None:
-        with self._lock:
-            self._entries.pop(submission_id, None)
-
-
 @dataclass
-class Registry:
-    """What the routers and the reconciler share: sessions, Ray, the status cache."""
+class StudyLifecycle:
+    """A recorded study's life with Ray: submit, follow, cancel, reconcile.
+
+    One per app, shared by the routers and the reconciler: the sessions, the Ray
+    Jobs client and its status cache.
+    """
 
     sessions: sessionmaker[Session]
     jobs: RayJobs
@@ -238,10 +213,10 @@ class Registry:
 
 
 class Reconciler:
-    """Runs ``Registry.reconcile_once`` every ``interval_s`` in a daemon thread."""
+    """Runs ``StudyLifecycle.reconcile_once`` every ``interval_s`` in a daemon thread."""
 
-    def __init__(self, registry: Registry, interval_s: float) -> None:
-        self.registry, self.interval_s = registry, interval_s
+    def __init__(self, lifecycle: StudyLifecycle, interval_s: float) -> None:
+        self.lifecycle, self.interval_s = lifecycle, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ktg-reconciler", daemon=True)
 
@@ -255,7 +230,7 @@ class Reconciler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.registry.reconcile_once()
+                self.lifecycle.reconcile_once()
             except Exception:  # the database may be down for a while: try again later
                 log.exception("reconcile failed")
             self._stop.wait(self.interval_s)

@@ -1,0 +1,185 @@
+"""What the endpoints do, without HTTP: the study table's SQL, launching and
+cancelling through the lifecycle, and the reads of trials and best graphs.
+
+The routers take what they need through ``api.deps`` and turn the results (and
+the exceptions below) into answers; nothing here reads a request or ``app.state``.
+Reads of Optuna's own tables are ``search.study_queries``'; the best graphs are
+read through Optuna, the same way ``ktg export`` reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import StudyRow
+from api.lifecycle import StudyLifecycle, new_row, optuna_name
+from api.ray_jobs import RayJobs, RayUnavailable
+from api.schemas import BestGraph, EpochAcc, Readiness, StudyState, TrialOut, TrialPage
+from api.status import PREFIX
+from ktg.errors import KtgError
+from search.spec import STUDY_NAME_PATTERN, SearchSpec
+from search.storage import (
+    ATTR_EPOCHS,
+    ATTR_ERROR,
+    ATTR_GRAPH,
+    ATTR_INTERRUPTED,
+    ATTR_SEED,
+    ATTR_SKIPPED,
+    TrialStateName,
+    best_trials,
+    graph_of,
+    load_study,
+)
+from search.study_queries import TrialRecord, list_trials, optuna_study_id
+
+log = logging.getLogger("ktg.api")
+
+
+class NameTooLong(ValueError):
+    """The study name does not fit once prefixed with the tenant (a 422 on ``name``)."""
+
+
+class NameTaken(Exception):
+    """The name is in use: by this tenant's study at ``location``, or by a study made outside the API."""
+
+    def __init__(self, message: str, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class NotStarted(Exception):
+    """Ray certainly did not get the job, so the study was not recorded either."""
+
+
+# -- the study table -----------------------------------------------------------------------
+
+def owned_study(session: Session, tenant: str, study_id: str) -> StudyRow | None:
+    """The tenant's study of that id; None for another tenant's, as for one that does not exist."""
+    return session.scalars(select(StudyRow).where(StudyRow.id == study_id, StudyRow.tenant == tenant)).first()
+
+
+def find_study(session: Session, tenant: str, name: str) -> str | None:
+    """The id of this tenant's study of that name, if any."""
+    return session.scalars(select(StudyRow.id).where(StudyRow.tenant == tenant, StudyRow.name == name)).first()
+
+
+def list_studies(session: Session, tenant: str, *, state: StudyState | None, limit: int,
+                 offset: int) -> tuple[int, Sequence[StudyRow]]:
+    """One page of the tenant's studies, newest first, and how many match in all."""
+    where = [StudyRow.tenant == tenant]
+    if state is not None:
+        where.append(StudyRow.state == state)
+    total = session.execute(select(func.count()).select_from(StudyRow).where(*where)).scalar() or 0
+    rows = session.scalars(select(StudyRow).where(*where).order_by(StudyRow.created_at.desc(), StudyRow.id)
+                           .offset(offset).limit(limit)).all()
+    return total, rows
+
+
+def reread(session: Session, row: StudyRow) -> StudyRow:
+    """The row as the database holds it now (the lifecycle changes rows in sessions of its own)."""
+    session.expire_all()
+    return session.get(StudyRow, row.id) or row
+
+
+# -- launching -----------------------------------------------------------------------------
+
+def create_study(session: Session, lifecycle: StudyLifecycle, studies_dir: Path, tenant: str,
+                 spec: SearchSpec) -> StudyRow:
+    """Record the study and launch it as a Ray job; the row as it stands afterwards.
+
+    The same name twice for one tenant is ``NameTaken`` (never a second search).
+    When Ray certainly did not get the job the row is removed again (``NotStarted``);
+    when it may have (an ambiguous failure) the study is kept and the reconciler finds out.
+    """
+    full_name = optuna_name(tenant, spec.name)
+    try:
+        SearchSpec.model_validate({**spec.model_dump(), "name": full_name})
+    except ValueError:
+        limit = 64 - len(tenant) - 1
+        raise NameTooLong(f"at most {limit} characters for tenant {tenant!r} "
+                          f"(the Optuna study is named '{tenant}.<name>', {STUDY_NAME_PATTERN})") from None
+    if optuna_study_id(session, full_name) is not None and find_study(session, tenant, spec.name) is None:
+        raise NameTaken(f"the storage already holds an Optuna study named {full_name!r}, made outside this API; "
+                        "choose another name")
+    row = new_row(tenant, spec, studies_dir)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        location = f"{PREFIX}/{find_study(session, tenant, spec.name) or row.id}"
+        raise NameTaken(f"a study named {spec.name!r} already exists: {location}", location=location) from None
+    try:
+        lifecycle.submit(row)
+    except RayUnavailable as exc:
+        if exc.ambiguous:  # Ray may have the job: keep the study; the reconciler finds out
+            log.warning("study %s: submission unconfirmed (%s); the reconciler will check", row.id, exc)
+        else:
+            log.warning("study %s: not started, Ray not reachable (%s)", row.id, exc)
+            session.execute(delete(StudyRow).where(StudyRow.id == row.id, StudyRow.submitted_at.is_(None)))
+            session.commit()
+            raise NotStarted("the Ray cluster is not reachable, the study was not started; try again later") from None
+    return reread(session, row)
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+def trial_page(session: Session, row: StudyRow, *, state: TrialStateName | None, limit: int,
+               offset: int) -> TrialPage:
+    """One page of the study's trials, by number."""
+    total, records = list_trials(session, row.optuna_name, state=state, limit=limit, offset=offset)
+    return TrialPage(items=[_trial_out(r) for r in records], total=total, limit=limit, offset=offset)
+
+
+def _trial_out(record: TrialRecord) -> TrialOut:
+    """A trial record as clients see it; attributes of an unexpected type read as unknown."""
+    attrs = record.attrs
+    graph = attrs.get(ATTR_GRAPH)
+    epochs = attrs.get(ATTR_EPOCHS)
+    seed = attrs.get(ATTR_SEED)
+    skipped, error = attrs.get(ATTR_SKIPPED), attrs.get(ATTR_ERROR)
+    return TrialOut(
+        number=record.number, state=record.state, val_acc=record.value, started_at=record.started_at,
+        completed_at=record.completed_at,
+        epochs_done=epochs if isinstance(epochs, int) else None,
+        seed=seed if isinstance(seed, int) else None,
+        interrupted=bool(attrs.get(ATTR_INTERRUPTED)),
+        skipped=str(skipped) if skipped else None,
+        error=str(error) if error else None,
+        history=[EpochAcc(epoch=e, val_acc=v) for e, v in record.history],
+        graph=graph if isinstance(graph, dict) else None,
+    )
+
+
+def best_graphs(storage: optuna.storages.BaseStorage, row: StudyRow, k: int) -> list[BestGraph]:
+    """Top-k full-budget COMPLETE trials as graph files (the same as ``ktg export``)."""
+    try:
+        study = load_study(row.optuna_name, storage)
+    except KtgError:
+        return []  # the search has not created its study yet
+    return [BestGraph(rank=i, trial=t.number, val_acc=t.value, graph=graph_of(t, row.optuna_name).to_dict())
+            for i, t in enumerate(best_trials(study, k), start=1)]
+
+
+def readiness(sessions: sessionmaker[Session], jobs: RayJobs) -> Readiness:
+    """Whether the database and the Ray cluster answer now (naming which does not, never where)."""
+    database = ray = "ok"
+    try:
+        with sessions() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        log.warning("readyz: database: %s", exc)
+        database = "unreachable"
+    try:
+        jobs.version()
+    except RayUnavailable as exc:
+        log.warning("readyz: %s", exc)
+        ray = "unreachable"
+    return Readiness(status="ready" if database == ray == "ok" else "not ready", database=database, ray=ray)
