@@ -31,12 +31,14 @@ def multiset(x: torch.Tensor, y: torch.Tensor) -> Counter[tuple[bytes, int]]:
 
 
 def test_dataset_names() -> None:
-    assert dataset_names() == ["cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits", "synthetic"]
+    assert dataset_names() == [
+        "cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits", "synthetic", "fashionmnist", "mnist", "kmnist"
+    ]
 
 
 def test_unknown_dataset_names_field_and_choices() -> None:
-    with pytest.raises(KtgError, match=r"^dataset: got 'mnist'; allowed: .*cifar10.*synthetic"):
-        load_dataset("mnist")
+    with pytest.raises(KtgError, match=r"^dataset: got 'emnist'; allowed: cifar10, .*synthetic, fashionmnist, mnist, kmnist$"):
+        load_dataset("emnist")
 
 
 @pytest.mark.parametrize("text", ["", "a", "5-3", "1,,2", "-1", "1-", "1.5", "0-2000000"])

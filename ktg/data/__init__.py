@@ -3,7 +3,8 @@
 Like torchvision's model registry, each dataset is one builder function
 registered under its name with ``@register_dataset``; ``load_dataset`` looks
 the name up, lets the builder read the files, then applies the steps every
-dataset shares (class subset, seeded validation split, statistics).
+dataset shares (class subset, seeded training subset and validation split,
+statistics).
 
 Datasets are never downloaded: builders read what is on disk or raise a
 ``KtgError`` that says where they looked and what they expected.
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ktg.data.loader import DeviceBatches
-from ktg.data.splits import Augment, ImageData, RawSplits, check_val_fraction, finalize
+from ktg.data.splits import Augment, ImageData, RawSplits, check_train_size, check_val_fraction, finalize
 from ktg.errors import allowed
 
 __all__ = [
@@ -62,6 +63,7 @@ def load_dataset(
     val_fraction: float = 0.0,
     split_seed: int = 0,
     image_size: int | None = None,
+    train_size: int | None = None,
 ) -> ImageData:
     """Load dataset ``name`` into CPU uint8 tensors.
 
@@ -70,6 +72,9 @@ def load_dataset(
         chosen by ``split_seed`` alone.
     image_size: resize target for imagefolder (default 32); fixed-size datasets
         only accept their own size.
+    train_size: keep a class-balanced subset of this many training images
+        (after ``classes``, before the validation split, which is carved out of
+        it), chosen by ``split_seed`` alone; None keeps them all.
     """
     builder = _BUILDERS.get(name)
     if builder is None:
@@ -80,9 +85,10 @@ def load_dataset(
         raise allowed("split_seed", split_seed, "an integer")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise allowed("image_size", image_size, "a positive integer or None")
+    check_train_size(train_size)
     root = None if data_dir is None else Path(data_dir).expanduser()
     raw = builder(root, image_size)
-    return finalize(raw, classes=classes, val_fraction=fraction, split_seed=split_seed)
+    return finalize(raw, classes=classes, val_fraction=fraction, split_seed=split_seed, train_size=train_size)
 
 
 _ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -112,5 +118,5 @@ def parse_classes(text: str) -> list[int]:
 # Importing the builder modules registers their datasets (this order is the
 # order of dataset_names()). They import register_dataset from this module, so
 # they are imported here, after its definition, rather than at the top.
-for _module in ("cifar", "folders", "bundled"):
+for _module in ("cifar", "folders", "bundled", "mnist"):
     importlib.import_module(f"ktg.data.{_module}")

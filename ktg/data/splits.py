@@ -1,8 +1,9 @@
 """Dataset containers and the dataset-independent steps of loading.
 
-Builders (cifar.py, folders.py, bundled.py) only read files and return a
-``RawSplits``; everything a user can vary (class subset, validation split)
-happens here, once, so every dataset behaves the same way.
+Builders (cifar.py, mnist.py, folders.py, bundled.py) only read files and
+return a ``RawSplits``; everything a user can vary (class subset, training
+subset, validation split) happens here, once, so every dataset behaves the
+same way.
 """
 
 from __future__ import annotations
@@ -119,6 +120,47 @@ def subset_classes(x: torch.Tensor, y: torch.Tensor, classes: list[int], num_cla
     return x[keep], mapped[keep]
 
 
+def check_train_size(train_size: int | None) -> int | None:
+    """Reject a ``train_size`` that is not a positive integer (None keeps the whole training split)."""
+    if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
+        raise allowed("train_size", train_size, "a positive integer (images kept of the training split) or None")
+    return train_size
+
+
+def balanced_subset(
+    y: torch.Tensor, train_size: int, num_classes: int, *, seed: int, name: str, kept: list[int] | None
+) -> torch.Tensor:
+    """Indices (sorted) of a class-balanced subset of ``train_size`` samples of labels ``y`` (0..num_classes-1).
+
+    Each of the k classes gets ``train_size // k`` samples and the lowest
+    ``train_size % k`` labels (the first classes of ``--classes``) one more;
+    which samples is drawn by ``seed`` alone, so a subset is the same in every
+    trial and process. ``kept`` maps labels back to dataset class ids for messages.
+    """
+    k = num_classes
+    counts = torch.bincount(y, minlength=k)
+    if train_size > len(y):
+        raise allowed("train_size", train_size, f"at most {len(y)}, the size of the training split of {name}"
+                      + (" with these classes" if kept is not None else ""))
+    if train_size < 2 * k:
+        raise allowed("train_size", train_size, f"at least 2 images per class, i.e. {2 * k} or more for {k} classes")
+    per_class, extra = divmod(train_size, k)
+    quota = torch.full((k,), per_class, dtype=torch.int64)
+    quota[:extra] += 1
+    if bool((counts < quota).any()):
+        # k * (smallest class) is always possible; name that class, it sets the bound.
+        label = int(counts.argmin())
+        raise allowed("train_size", train_size,
+                      f"up to {k * int(counts[label])} for a class-balanced subset of {name} (class "
+                      f"{kept[label] if kept is not None else label} has only {int(counts[label])} training images)")
+    gen = torch.Generator().manual_seed(seed)
+    picked = []
+    for label in range(k):
+        members = (y == label).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=gen)[: int(quota[label])]])
+    return torch.cat(picked).sort().values
+
+
 def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded random split of ``range(n)`` into (rest, held_out), both sorted.
 
@@ -159,9 +201,19 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 
 def finalize(
-    raw: RawSplits, *, classes: Sequence[int] | None, val_fraction: float, split_seed: int
+    raw: RawSplits,
+    *,
+    classes: Sequence[int] | None,
+    val_fraction: float,
+    split_seed: int,
+    train_size: int | None = None,
 ) -> ImageData:
-    """Apply class subset, validation split and statistics to what a builder read."""
+    """Apply class subset, training subset, validation split and statistics to what a builder read.
+
+    In this order: the validation split is carved out of the ``train_size``
+    subset, which is drawn from the kept classes; the test split is only
+    touched by the class subset.
+    """
     train_x, train_y, test_x, test_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
     kept: list[int] | None = None
     num_classes = raw.num_classes
@@ -172,6 +224,10 @@ def finalize(
         num_classes = len(kept)
         if len(train_y) == 0:
             raise KtgError(f"classes: got {kept}; {raw.name} has no training images of these classes")
+    subset_size = check_train_size(train_size)
+    if subset_size is not None:
+        chosen = balanced_subset(train_y, subset_size, num_classes, seed=split_seed, name=raw.name, kept=kept)
+        train_x, train_y = train_x[chosen], train_y[chosen]
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
     if val_fraction > 0:
