@@ -3,9 +3,9 @@
 Both sides run trivially cheap trials (no training: each "epoch" only reports
 a made-up validation accuracy), so what is timed is the machinery alone:
 
-* ``ktg search``: the real ``search.runner.run_search`` (GraphSearcher over an
+* ``ktg search``: the real ``search.driver.run_search`` (GraphSearcher over an
   Optuna study, ASHA on Ray Tune, a Ray actor per trial, the driver writing
-  every report to the storage), with ``search.runner.train_trial`` replaced in
+  every report to the storage), with ``search.trial.train_trial`` replaced in
   this process by a function that calls ``ray.tune.report`` once per epoch.
 * plain Optuna: ``study.optimize`` in-process, the same sampler settings and
   the same define-by-run space (``search.space.sample_graph``), and Optuna's
@@ -43,11 +43,13 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-import search.runner as runner  # noqa: E402
-from search.runner import RunOptions, open_study, run_search  # noqa: E402
+import search.driver as driver  # noqa: E402
+from search.driver import RunOptions, run_search  # noqa: E402
+from search.searcher import GraphSearcher  # noqa: E402
 from search.space import sample_graph  # noqa: E402
 from search.spec import SearchSpec  # noqa: E402
 from search.storage import open_storage  # noqa: E402
+from search.study import open_study  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -61,7 +63,7 @@ def fake_acc(trial_number: int, epoch: int, epochs: int) -> float:
 # -- the Ray side -------------------------------------------------------------------------------
 
 def cheap_trial(config: dict[str, Any]) -> None:
-    """Stand-in for ``search.runner.train_trial``: no data, no model, one report per epoch."""
+    """Stand-in for ``search.trial.train_trial``: no data, no model, one report per epoch."""
     from ray import tune
 
     started = time.time()
@@ -71,7 +73,7 @@ def cheap_trial(config: dict[str, Any]) -> None:
                      "t_started": started, "t_report": time.time()})
 
 
-class TimedSearcher(runner.GraphSearcher):
+class TimedSearcher(GraphSearcher):
     """The real searcher, with the wall time of each driver-side call (storage included) noted."""
 
     log: ClassVar[dict[str, list[float]]] = {}
@@ -130,8 +132,8 @@ def reusing_actors(enabled: bool) -> Iterator[None]:
 def bench_ray(url: str, trials: int, epochs: int, workers: int, work: Path, reuse: bool = False) -> dict[str, Any]:
     import ray
 
-    runner.train_trial = cheap_trial  # measured: orchestration, not training
-    runner.GraphSearcher = TimedSearcher
+    driver.train_trial = cheap_trial  # measured: orchestration, not training
+    driver.GraphSearcher = TimedSearcher
     TimedSearcher.log, TimedSearcher.stamps = {}, {}
     name = f"bench-ray-{uuid.uuid4().hex[:8]}"
     spec = SearchSpec(name=name, nodes=3, trials=trials, epochs=epochs, target_model="resnet20",

@@ -15,12 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ktg.errors import KtgError
-from ktg.graph import Graph
+from ktg.graph import LABEL_NODE, Graph
 from ktg.report import console, out, table
-from search.runner import RunOptions, Tally, open_study, run_search, stored_spec
+from search.driver import RunOptions, run_search
+from search.searcher import Tally
 from search.space import describe_size, space_size
 from search.spec import SearchSpec, spec_error_lines
-from search.storage import best_trials, graph_of, load_study, masked, open_storage, storage_url
+from search.storage import ATTR_GRAPH, best_trials, graph_of, load_study, masked, open_storage, storage_url
+from search.study import open_study, stored_spec
 
 # flag name -> spec field, for flags that override --spec-json / the stored spec
 _FLAGS = {"nodes": "nodes", "trials": "trials", "study": "name", "dataset": "dataset", "data_dir": "data_dir",
@@ -114,9 +116,9 @@ class LiveDisplay(Callback):
 def _top_table(study_name: str, trials: list, title: str) -> Table:
     rows = []
     for rank, t in enumerate(trials, 1):
-        g = Graph.from_dict(t.user_attrs["graph"])
+        g = Graph.from_dict(t.user_attrs[ATTR_GRAPH])
         models = " ".join(n.model for n in g.nodes)
-        edges = ", ".join(f"{e.source}>{e.target} {e.loss}/{e.gate}" for e in g.edges if e.source != 0)
+        edges = ", ".join(f"{e.source}>{e.target} {e.loss}/{e.gate}" for e in g.edges if e.source != LABEL_NODE)
         rows.append([rank, t.number, f"{100 * t.value:.2f}", models, edges or "-"])
     return table(title, ["rank", "trial", "val acc %", "models (node 1 first)", "edges between nodes"], rows)
 

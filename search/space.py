@@ -39,7 +39,7 @@ def sample_graph(trial: optuna.Trial, spec: SearchSpec) -> tuple[dict, str | Non
             edges.append({"source": source, "target": target, "loss": loss, "gate": gate})
     graph = {"format": FORMAT, "nodes": nodes, "edges": edges, "meta": {"dataset": spec.dataset}}
     if not any(e["target"] == TARGET_NODE for e in edges):
-        return graph, "target node 1 would be frozen (every incoming edge is cutoff)"
+        return graph, f"target node {TARGET_NODE} would be frozen (every incoming edge is cutoff)"
     return graph, None
 
 

@@ -3,7 +3,8 @@
 One pydantic model is the single source of truth for both front ends, so a
 field means the same thing (and is validated the same way) on the command line
 and over HTTP. Where and how it runs (storage URL, Ray address, output folder)
-is not part of it: those belong to the machine, not to the study.
+is not part of it: those belong to the machine, not to the study. The recipe's
+fields (epochs, batch size, lr, warm-up) default to ``ktg.recipe.Recipe``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ktg.data import dataset_names, parse_classes
 from ktg.errors import KtgError
 from ktg.graph import GATES, LOSSES
 from ktg.models import check_model_name
+from ktg.recipe import Recipe
 
 DEFAULT_MODELS = ("resnet32", "resnet110", "wrn28-2")
 STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -33,7 +35,7 @@ class SearchSpec(BaseModel):
     dataset: str = Field(default="digits", json_schema_extra={"enum": dataset_names()})
     data_dir: str | None = None
     classes: str | None = Field(default=None, description="Class subset, e.g. '0-49'")
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 200
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = Recipe.epochs
     target_model: str = "resnet32"
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
     gates: list[str] = Field(default_factory=lambda: list(GATES), min_length=1,
@@ -42,9 +44,10 @@ class SearchSpec(BaseModel):
                               json_schema_extra={"items": {"type": "string", "enum": list(EDGE_LOSSES)}})
     reduction_factor: Annotated[int, Field(ge=2, le=16)] = 2
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    batch_size: Annotated[int, Field(ge=2, le=65_536)] = 64
-    lr: Annotated[float, Field(gt=0, le=10)] = 0.1
-    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000, description="Linear lr warm-up steps (0 = the paper's)")] = 500
+    batch_size: Annotated[int, Field(ge=2, le=65_536)] = Recipe.batch_size
+    lr: Annotated[float, Field(gt=0, le=10)] = Recipe.lr
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000,
+                                       description="Linear lr warm-up steps (0 = the paper's)")] = Recipe.warmup_steps
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
     @field_validator("dataset")

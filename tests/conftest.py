@@ -1,6 +1,11 @@
-"""Shared fixtures of the graph-engine tests (small, offline, CPU-only)."""
+"""Shared fixtures: the graph engine's (small, offline, CPU-only) and the search tests' Ray folder."""
 
 from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,3 +34,11 @@ def digits_val_data() -> ImageData:
 def cpu_accel() -> Accel:
     """Plain float32 on the CPU: no autocast, no channels_last, no compile."""
     return Accel(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def ray_tmp() -> Iterator[Path]:
+    """A private temp root for the local Rays of one test module's ``ktg`` subprocesses."""
+    path = Path(tempfile.mkdtemp(prefix="ktgray", dir="/tmp"))  # short: Ray puts sockets in it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,127 @@
+"""Run a study: ASHA on Ray Tune, every trial recorded truthfully in Optuna storage.
+
+This is the driver process of a search. It joins (or starts) Ray, hands Tune
+the worker-side trainable (``search.trial``) and the searcher that owns the
+study (``search.searcher``), and makes sure that however the run ends (its
+budget spent, Ctrl-C, SIGTERM from ``ray job stop``) no trial stays RUNNING.
+Workers never need the database or its password.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune import Callback
+
+from search.searcher import GraphSearcher, Tally, TrialHandles
+from search.spec import SearchSpec
+from search.storage import finished_count, open_storage
+from search.trial import METRIC, train_trial
+
+DEFAULT_OUT_DIR = Path("runs/search")
+
+
+@dataclass
+class RunOptions:
+    """How (not what) to run: the machine side of a search."""
+
+    out_dir: Path
+    workers: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    ray_address: str | None = None
+    device: str = "auto"
+
+    def worker_config(self) -> dict[str, Any]:
+        """The machine's part of every trial's config (see ``search.trial.train_trial``)."""
+        # A trial granted no GPU must not wander onto one: Ray does not hide them from it.
+        device = "cpu" if self.device == "auto" and self.gpus_per_trial == 0 else self.device
+        return {"cache_dir": str(self.out_dir / "teachers"), "device": device, "cpus": self.cpus_per_trial}
+
+
+def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
+               display: Callable[[Tally], Callback] | None = None, storage_url: str | None = None) -> Tally:
+    """Run the study to its budget on Ray Tune with ASHA; return the tally.
+
+    ``storage_url`` lets a SIGTERM handler record the running trials on a fresh
+    connection; it is never handed to Ray (the searcher is pickled there).
+    """
+    # Ray's own console reporter would fight our live display; the legacy one is silent at verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    tally = Tally(budget=spec.trials, done_before=finished_count(study))
+    if tally.done_before >= spec.trials:
+        return tally
+    workers = _start_ray(options)
+    searcher = GraphSearcher(study, spec, tally, options.worker_config())
+    callbacks = [TrialHandles(searcher), *([display(tally)] if display is not None else [])]
+    tuner = _tuner(spec, options, searcher, callbacks, workers)
+    try:
+        with _recording_on_sigterm(searcher, storage_url):
+            tuner.fit()
+    finally:
+        abandoned = searcher.abandon_live()
+    if abandoned:  # Tune swallows Ctrl-C and returns: say it was an interruption
+        raise KeyboardInterrupt
+    return tally
+
+
+def _start_ray(options: RunOptions) -> int:
+    """Join the given Ray cluster, else start a local one; return how many trials run at once."""
+    import ray
+
+    address = options.ray_address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        # "local" (not None): never join some other `ray start` cluster found in /tmp by accident.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, configure_logging=True)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return options.workers or max(1, int(cpus // max(options.cpus_per_trial, 0.01)))
+
+
+def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callbacks: list[Callback],
+           workers: int) -> Any:
+    """Tune's ``Tuner``: the trainable on its resources, ASHA over epochs, the searcher, no retries."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max",
+                              max_t=spec.epochs, grace_period=1, reduction_factor=spec.reduction_factor)
+    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+    return tune.Tuner(
+        tune.with_resources(train_trial, resources),
+        # reuse_actors: a new worker process per trial costs ~2 s (5x the rest of the orchestration).
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                    max_concurrent_trials=workers, reuse_actors=True),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str((options.out_dir / "ray").resolve()),
+                                  verbose=0, callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+@contextmanager
+def _recording_on_sigterm(searcher: GraphSearcher, storage_url: str | None) -> Iterator[None]:
+    """While inside, SIGTERM records the live trials as interrupted, then exits 128 + 15 at once."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # `ray job stop` sends SIGTERM and soon SIGKILL: record (on a connection of
+        # its own: the main thread may be mid-query), then leave at once.
+        try:
+            if storage_url is not None:
+                searcher.abandon_live(open_storage(storage_url, quick=True))
+        finally:
+            os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

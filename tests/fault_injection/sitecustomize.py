@@ -1,0 +1,86 @@
+"""Test-only fault injection: chosen search trials train on data poisoned to NaN.
+
+The product knows nothing of this. A test that wants trials 1 and 4 of a
+``ktg search`` to go NaN runs it with ``PYTHONPATH`` starting with this folder
+and ``KTG_FAULT_NAN_TRIALS=1,4`` (``tests.search_helpers.nan_fault_env``).
+Python imports ``sitecustomize`` at start-up in that process and in every Ray
+process it starts (they inherit its environment), so the hook reaches the
+workers that train. There it wraps ``search.trial.train_trial`` as the module
+is imported: for a chosen trial number, the run's data (the first
+``DataSpec.load`` of the trial; teachers load theirs clean) comes back with a
+NaN normalisation mean, which is a real NaN through the real training path.
+
+The wrapper keeps the trainable's module and name, so Ray still pickles it by
+reference. This file shadows any other ``sitecustomize`` (Debian's installs
+apport's hook) in those processes only, which is harmless for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+FAULT_ENV = "KTG_FAULT_NAN_TRIALS"  # comma-separated Optuna trial numbers
+TRAINABLE_MODULE, TRAINABLE = "search.trial", "train_trial"
+
+
+def poisoned_trials() -> set[int]:
+    return {int(x) for x in os.environ.get(FAULT_ENV, "").split(",") if x.strip().isdigit()}
+
+
+def poisoning(train_trial: Callable[[dict[str, Any]], None], trials: set[int]) -> Callable[[dict[str, Any]], None]:
+    """``train_trial``, with the run's data poisoned to NaN when the config's trial is one of ``trials``."""
+
+    @functools.wraps(train_trial)
+    def wrapper(config: dict[str, Any]) -> None:
+        if config["trial_number"] not in trials:
+            return train_trial(config)
+        from ktg.data.spec import DataSpec
+
+        clean_load = DataSpec.load
+
+        def poisoned_load(self: DataSpec) -> Any:
+            DataSpec.load = clean_load  # the run's data only
+            data = clean_load(self)
+            return dataclasses.replace(data, mean=tuple(float("nan") for _ in data.mean))
+
+        DataSpec.load = poisoned_load
+        try:
+            return train_trial(config)
+        finally:
+            DataSpec.load = clean_load
+
+    return wrapper
+
+
+class WrapTrainableOnImport(importlib.abc.MetaPathFinder):
+    """Finds ``search.trial`` as usual, and wraps its trainable right after the module runs."""
+
+    def __init__(self, trials: set[int]) -> None:
+        self.trials = trials
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        if name != TRAINABLE_MODULE:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_wrap(module: ModuleType) -> None:
+            exec_module(module)
+            setattr(module, TRAINABLE, poisoning(getattr(module, TRAINABLE), self.trials))
+
+        spec.loader.exec_module = exec_and_wrap  # type: ignore[method-assign]
+        return spec
+
+
+if poisoned_trials():
+    sys.meta_path.insert(0, WrapTrainableOnImport(poisoned_trials()))
