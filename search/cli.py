@@ -17,7 +17,7 @@ from rich.text import Text
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Graph
 from ktg.report import console, out, table
-from search.driver import RunOptions, run_search
+from search.driver import RunOptions, asha_schedule, run_search
 from search.searcher import Tally
 from search.space import describe_size, space_size
 from search.spec import SearchSpec, spec_error_lines
@@ -26,8 +26,9 @@ from search.study import open_study, stored_spec
 
 # flag name -> spec field, for flags that override --spec-json / the stored spec
 _FLAGS = {"nodes": "nodes", "trials": "trials", "study": "name", "dataset": "dataset", "data_dir": "data_dir",
-          "classes": "classes", "epochs": "epochs", "target_model": "target_model", "models": "models",
-          "gates": "gates", "losses": "losses", "reduction_factor": "reduction_factor",
+          "classes": "classes", "train_size": "train_size", "epochs": "epochs", "target_model": "target_model",
+          "models": "models", "gates": "gates", "losses": "losses", "reduction_factor": "reduction_factor",
+          "grace_epochs": "grace_epochs",
           "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps", "seed": "seed"}
 _LIST_FIELDS = {"models", "gates", "losses"}
 _HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
@@ -153,10 +154,13 @@ def run_search_command(args: argparse.Namespace) -> int:
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
     else:  # checked before the storage is touched: bad input leaves nothing behind, not even an empty file
         spec = build_spec(args, None, given)
+        asha_schedule(spec)  # reads the data (cached): a missing dataset leaves nothing behind either
         storage = open_storage(url)
+    schedule = asha_schedule(spec)
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
               f"{spec.epochs} epochs on {spec.dataset}; search space {describe_size(space_size(spec))} graphs")
+    out.print(schedule.describe())
     tally = run_search(spec, study, options, display=lambda tally: LiveDisplay(tally, spec.name), storage_url=url)
     best = best_trials(study, 5)
     if not best:

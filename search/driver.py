@@ -15,12 +15,14 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import optuna
 from ray.tune import Callback
 
+from ktg.data.spec import DataSpec
 from search.searcher import GraphSearcher, Tally, TrialHandles
 from search.spec import SearchSpec
 from search.storage import finished_count, open_storage
@@ -45,6 +47,39 @@ class RunOptions:
         # A trial granted no GPU must not wander onto one: Ray does not hide them from it.
         device = "cpu" if self.device == "auto" and self.gpus_per_trial == 0 else self.device
         return {"cache_dir": str(self.out_dir / "teachers"), "device": device, "cpus": self.cpus_per_trial}
+
+
+@dataclass(frozen=True)
+class AshaSchedule:
+    """Where ASHA may stop a trial: after ``grace`` epochs, then at every rung."""
+
+    grace: int
+    rungs: tuple[int, ...]  # epochs < the budget at which a trial can be stopped
+    warmup_epochs: int  # how long the recipe's lr warm-up lasts, in epochs
+
+    def describe(self) -> str:
+        where = ", ".join(map(str, self.rungs)) or "none (every trial runs to the end)"
+        return f"ASHA rungs at epochs {where} (lr warm-up over after epoch {self.warmup_epochs})"
+
+
+@cache
+def _train_images(data: DataSpec) -> int:
+    return len(data.load().train_y)
+
+
+def asha_schedule(spec: SearchSpec) -> AshaSchedule:
+    """ASHA's rungs for ``spec``. With no ``grace_epochs`` the first rung comes once the lr
+    warm-up is over: before that, validation accuracies mostly measure how far up the lr
+    has climbed, and they lean against every graph that starts slowly by design (a
+    ``linear`` gate weighs almost nothing in the first epochs)."""
+    steps_per_epoch = max(1, _train_images(spec.data_spec()) // spec.batch_size)
+    warmup = spec.recipe().warmup_epochs(steps_per_epoch)
+    grace = min(spec.epochs, spec.grace_epochs or max(1, warmup))
+    rungs, epoch = [], grace
+    while epoch < spec.epochs:
+        rungs.append(epoch)
+        epoch *= spec.reduction_factor
+    return AshaSchedule(grace, tuple(rungs), warmup)
 
 
 def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
@@ -93,8 +128,8 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max",
-                              max_t=spec.epochs, grace_period=1, reduction_factor=spec.reduction_factor)
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=spec.epochs,
+                              grace_period=asha_schedule(spec).grace, reduction_factor=spec.reduction_factor)
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     return tune.Tuner(
         tune.with_resources(train_trial, resources),

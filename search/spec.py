@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ktg.data import dataset_names, parse_classes
+from ktg.data.spec import DataSpec
 from ktg.errors import KtgError
 from ktg.graph import GATES, LOSSES
 from ktg.models import check_model_name
@@ -35,6 +36,8 @@ class SearchSpec(BaseModel):
     dataset: str = Field(default="digits", json_schema_extra={"enum": dataset_names()})
     data_dir: str | None = None
     classes: str | None = Field(default=None, description="Class subset, e.g. '0-49'")
+    train_size: Annotated[int | None, Field(ge=2, le=10_000_000, description=(
+        "Class-balanced, seeded subset of the training split; the validation split is carved from it"))] = None
     epochs: Annotated[int, Field(ge=1, le=10_000)] = Recipe.epochs
     target_model: str = "resnet32"
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
@@ -43,6 +46,8 @@ class SearchSpec(BaseModel):
     losses: list[str] = Field(default_factory=lambda: ["kl"], min_length=1,
                               json_schema_extra={"items": {"type": "string", "enum": list(EDGE_LOSSES)}})
     reduction_factor: Annotated[int, Field(ge=2, le=16)] = 2
+    grace_epochs: Annotated[int | None, Field(ge=1, le=10_000, description=(
+        "Epochs before ASHA's first rung; default: when the lr warm-up is over"))] = None
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     batch_size: Annotated[int, Field(ge=2, le=65_536)] = Recipe.batch_size
     lr: Annotated[float, Field(gt=0, le=10)] = Recipe.lr
@@ -89,6 +94,14 @@ class SearchSpec(BaseModel):
 
     def class_list(self) -> tuple[int, ...] | None:
         return tuple(parse_classes(self.classes)) if self.classes else None
+
+    def data_spec(self) -> DataSpec:
+        """The data every trial of the study trains and validates on."""
+        return DataSpec(self.dataset, self.data_dir, self.class_list(), self.val_fraction, 0, None,
+                        train_size=self.train_size)
+
+    def recipe(self) -> Recipe:
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps)
 
 
 def _choices(value: list[str], allowed: tuple[str, ...]) -> list[str]:

@@ -27,18 +27,15 @@ def train_trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from ktg.data.spec import DataSpec
     from ktg.device import Accel
     from ktg.graph import Graph
-    from ktg.recipe import Recipe
     from ktg.run import RunSetup
 
     spec = SearchSpec.model_validate(config["spec"])
     torch.set_num_threads(max(1, int(config["cpus"])))
-    data_spec = DataSpec(spec.dataset, spec.data_dir, spec.class_list(), spec.val_fraction, 0, None)
-    setup = RunSetup.prepare(data_spec, accel=Accel.resolve(config["device"]), cache_dir=config["cache_dir"],
-                             quiet=True)
-    recipe = Recipe(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, warmup_steps=spec.warmup_steps)
+    setup = RunSetup.prepare(spec.data_spec(), accel=Accel.resolve(config["device"]),
+                             cache_dir=config["cache_dir"], quiet=True)
+    recipe = spec.recipe()
 
     def report(epoch: int, accs: dict[int, float]) -> None:
         tune.report({METRIC: accs[TARGET_NODE], "epoch": epoch})
