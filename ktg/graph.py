@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ktg.errors import KtgError, allowed
+from ktg.losses import CROSS_TASK_LOSSES, EDGE_LOSSES, LABEL_LOSSES, NETWORK_LOSSES
 
 FORMAT = "ktg-graph/1"
 LABEL_NODE = 0
 TARGET_NODE = 1
-LOSSES = ("ce", "kl", "cm", "lkd")
+LOSSES = tuple(EDGE_LOSSES)  # the names of the one table of losses, in its order
 GATES = ("through", "cutoff", "linear", "correct")
 
 _TOP_FIELDS = {"format", "nodes", "edges", "meta"}
@@ -176,10 +177,10 @@ class Graph:
         foreign = self.foreign_nodes(dataset=dataset, classes=classes, num_classes=num_classes,
                                      teacher_classes=teacher_classes)
         for i, e in enumerate(self.edges):
-            if e.gate != "cutoff" and e.loss == "kl" and e.source in foreign:
+            if e.gate != "cutoff" and not EDGE_LOSSES[e.loss].cross_task and e.source in foreign:
                 raise KtgError(
-                    f"edges[{i}].loss: a 'kl' edge cannot leave node {e.source}, which is trained on "
-                    f"other classes than this run ({dataset}); allowed from it: cm, lkd"
+                    f"edges[{i}].loss: a {e.loss!r} edge cannot leave node {e.source}, which is trained on "
+                    f"other classes than this run ({dataset}); allowed from it: {', '.join(CROSS_TASK_LOSSES)}"
                 )
         warnings = []
         for i, e in enumerate(self.edges):
@@ -291,10 +292,11 @@ def _parse_edge(raw: Any, where: str, node_ids: set[int]) -> Edge:
     if source == target:
         raise KtgError(f"{where}: an edge from node {source} to itself; allowed: source != target")
     loss = _choice(d["loss"], f"{where}.loss", LOSSES)
-    if (source == LABEL_NODE) != (loss == "ce"):
-        if loss == "ce":
-            raise allowed(f"{where}.loss", loss, "kl, cm, lkd (only edges from node 0 carry 'ce')")
-        raise allowed(f"{where}.loss", loss, "ce (edges from node 0, the labels, carry 'ce')")
+    if (source == LABEL_NODE) != EDGE_LOSSES[loss].label_edge:
+        carried = ", ".join(repr(name) for name in LABEL_LOSSES)
+        if EDGE_LOSSES[loss].label_edge:
+            raise allowed(f"{where}.loss", loss, f"{', '.join(NETWORK_LOSSES)} (only edges from node 0 carry {carried})")
+        raise allowed(f"{where}.loss", loss, f"{', '.join(LABEL_LOSSES)} (edges from node 0, the labels, carry {carried})")
     gate = _choice(d["gate"], f"{where}.gate", GATES)
     weight = _number(d.get("weight", 1.0), f"{where}.weight", positive=False)
     temperature = _number(d.get("temperature", 1.0), f"{where}.temperature", positive=True)

@@ -45,6 +45,7 @@ SANS_ADVANCE = 0.56  # a generous average for sans-serif text, in em
 LABEL_FONT = 11.0
 NODE_FONT = 12.0
 CAPTION_FONT = 12.0
+CAPTION_STEP = CAPTION_FONT + 8  # from one caption line to the next
 
 TARGET_FILL = "#e53935"  # the paper's red target node
 TARGET_STROKE = "#b71c1c"
@@ -256,63 +257,84 @@ def _radius(graph: Graph, node_id: int) -> float:
     return NODE_RADIUS
 
 
-def _route_edges(graph: Graph, pos: dict[int, Point]) -> list[_Route]:
-    """One curve per drawn edge, with edges between the same two nodes fanned apart.
-
-    All edges joining a pair (both directions, several losses) share one frame,
-    oriented from the lower to the higher id, so s->t and t->s get opposite sides
-    and never coincide. Each fan then takes the bend that is cheapest: crossing a
-    third node is ruled out, running alongside curves already drawn (where two
-    lines would merge into one) costs, and so does bending at all. Fans that can
-    stay straight are laid first, so the others bend around them.
-    """
+def _edge_groups(graph: Graph) -> dict[tuple[int, int], list[Edge]]:
+    """The drawn edges by the pair of nodes they join (lower id first), in a fixed order."""
     groups: dict[tuple[int, int], list[Edge]] = {}
     loss_rank = {loss: i for i, loss in enumerate(LOSSES)}
     drawn = sorted((e for e in graph.edges if e.gate != "cutoff"),
                    key=lambda e: (e.source, e.target, loss_rank.get(e.loss, len(LOSSES))))
     for e in drawn:
         groups.setdefault((min(e.source, e.target), max(e.source, e.target)), []).append(e)
+    return groups
 
-    ts = [i / 20 for i in range(1, 20)]
-    cell = 8.0
-    occupied: set[tuple[int, int]] = set()  # grid cells that drawn curves pass through
 
-    def spread_of(edges: list[Edge]) -> list[float]:
-        return [(j - (len(edges) - 1) / 2) * PARALLEL_SPACING for j in range(len(edges))]
+def _spread(edges: list[Edge]) -> list[float]:
+    """Each edge's apex offset from its fan's middle line."""
+    return [(j - (len(edges) - 1) / 2) * PARALLEL_SPACING for j in range(len(edges))]
 
-    def fan_points(pair: tuple[int, int], base: float) -> list[tuple[float, Point]]:
-        a, b = pos[pair[0]], pos[pair[1]]
+
+class _FanPlanner:
+    """Chooses how far each fan of curves bends (its base apex offset).
+
+    Crossing a third node is ruled out, running alongside curves already drawn
+    (where two lines would merge into one) costs, and so does bending at all.
+    """
+
+    SAMPLES = tuple(i / 20 for i in range(1, 20))  # where along a curve it is checked
+    CELL = 8.0  # grid cell size of the curves already drawn
+    CANDIDATES = (0.0, *(s * k * 20.0 for k in range(1, 9) for s in (1, -1)))  # base offsets tried, in order
+
+    def __init__(self, graph: Graph, pos: dict[int, Point], groups: dict[tuple[int, int], list[Edge]]) -> None:
+        self.graph, self.pos, self.groups = graph, pos, groups
+        self.occupied: set[tuple[int, int]] = set()  # grid cells that drawn curves pass through
+
+    def fan_points(self, pair: tuple[int, int], base: float) -> list[tuple[float, Point]]:
+        a, b = self.pos[pair[0]], self.pos[pair[1]]
         return [(t, _bezier(a, _control(a, b, base + offset), b, t))
-                for offset in spread_of(groups[pair]) for t in ts]
+                for offset in _spread(self.groups[pair]) for t in self.SAMPLES]
 
-    def clearance(pair: tuple[int, int], base: float) -> float:
-        others = [(pos[n], _radius(graph, n) + 12) for n in pos if n not in pair]
+    def clearance(self, pair: tuple[int, int], base: float) -> float:
+        others = [(self.pos[n], _radius(self.graph, n) + 12) for n in self.pos if n not in pair]
         return min((math.hypot(x - ox, y - oy) - keep
-                    for _, (x, y) in fan_points(pair, base) for (ox, oy), keep in others),
+                    for _, (x, y) in self.fan_points(pair, base) for (ox, oy), keep in others),
                    default=math.inf)
 
-    def crowding(pair: tuple[int, int], base: float) -> int:
+    def crowding(self, pair: tuple[int, int], base: float) -> int:
         # Ends are left out: every curve into a node converges there anyway.
-        return sum((round(x / cell), round(y / cell)) in occupied
-                   for t, (x, y) in fan_points(pair, base) if 0.15 < t < 0.85)
+        return sum((round(x / self.CELL), round(y / self.CELL)) in self.occupied
+                   for t, (x, y) in self.fan_points(pair, base) if 0.15 < t < 0.85)
 
-    def cost(pair: tuple[int, int], base: float) -> float:
-        blocked = max(0.0, -clearance(pair, base))
-        return 1e4 * blocked + abs(base) + 4 * crowding(pair, base)
+    def cost(self, pair: tuple[int, int], base: float) -> float:
+        blocked = max(0.0, -self.clearance(pair, base))
+        return 1e4 * blocked + abs(base) + 4 * self.crowding(pair, base)
 
-    candidates = [0.0] + [s * k * 20.0 for k in range(1, 9) for s in (1, -1)]
-    order = sorted(groups, key=lambda pair: (clearance(pair, 0.0) < 0, pair))
-    bases: dict[tuple[int, int], float] = {}
-    for pair in order:
-        bases[pair] = min(candidates, key=lambda base, pair=pair: cost(pair, base))
-        for _, (x, y) in fan_points(pair, bases[pair]):
-            cx, cy = round(x / cell), round(y / cell)
-            occupied.update((cx + i, cy + j) for i in (-1, 0, 1) for j in (-1, 0, 1))
+    def bases(self) -> dict[tuple[int, int], float]:
+        """Every fan's base offset; fans that can stay straight are laid first, so the others
+        bend around them."""
+        order = sorted(self.groups, key=lambda pair: (self.clearance(pair, 0.0) < 0, pair))
+        bases: dict[tuple[int, int], float] = {}
+        for pair in order:
+            bases[pair] = min(self.CANDIDATES, key=lambda base, pair=pair: self.cost(pair, base))
+            for _, (x, y) in self.fan_points(pair, bases[pair]):
+                cx, cy = round(x / self.CELL), round(y / self.CELL)
+                self.occupied.update((cx + i, cy + j) for i in (-1, 0, 1) for j in (-1, 0, 1))
+        return bases
 
+
+def _route_edges(graph: Graph, pos: dict[int, Point]) -> list[_Route]:
+    """One curve per drawn edge, with edges between the same two nodes fanned apart.
+
+    All edges joining a pair (both directions, several losses) share one frame,
+    oriented from the lower to the higher id, so s->t and t->s get opposite sides
+    and never coincide. Each fan then takes the bend that is cheapest (see
+    :class:`_FanPlanner`).
+    """
+    groups = _edge_groups(graph)
+    bases = _FanPlanner(graph, pos, groups).bases()
     routes: list[_Route] = []
     for pair, edges in sorted(groups.items()):
         a, b = pos[pair[0]], pos[pair[1]]
-        for e, offset in zip(edges, spread_of(edges), strict=True):
+        for e, offset in zip(edges, _spread(edges), strict=True):
             c = _control(a, b, bases[pair] + offset)
             start = _toward(pos[e.source], c, _radius(graph, e.source))
             end = _toward(pos[e.target], c, _radius(graph, e.target) + 1.5)
@@ -480,87 +502,101 @@ def _draw_edge_label(route: _Route, box: _Box) -> str:
     )
 
 
-def render_svg(graph: Graph, *, title: str | None = None) -> str:
-    """The graph as a standalone SVG document (a string, UTF-8 when written).
+def _frozen_captions(graph: Graph, pos: dict[int, Point]) -> tuple[dict[int, tuple[list[str], float]], list[_Box]]:
+    """Each frozen node's caption (lines, first baseline) and the boxes they take.
 
-    Node 0 ("Label") sits on the left and the listed networks on a ring; node 1,
-    the target, is red; frozen teachers are grey with a dashed double outline and
-    a caption. Every non-cutoff edge is an arrow labelled 'loss · gate' and
-    coloured by gate; cutoff edges are not drawn, as in the paper's Fig. 4.
-    ``title`` is shown on top; scalar ``meta`` entries (accuracy, dataset, ...)
-    form a caption line below.
+    Captions go on the outer side of the ring, so they stay clear of edges.
     """
-    pos = _layout(graph)
-    routes = _route_edges(graph, pos)
-
-    # Frozen captions go on the outer side of the ring, so they stay clear of edges.
     captions: dict[int, tuple[list[str], float]] = {}
-    obstacles = [_Box.around(pos[n], 2 * _radius(graph, n) + 4, 2 * _radius(graph, n) + 4)
-                 for n in pos]
+    boxes = []
     for node in graph.nodes:
         if graph.is_frozen(node.id):
             lines = ["frozen", *_frozen_details(node)]
             box, baseline = _caption_box(pos[node.id], lines, above=pos[node.id][1] < -1)
             captions[node.id] = (lines, baseline)
-            obstacles.append(box)
-    label_boxes = _place_labels(routes, obstacles)
+            boxes.append(box)
+    return captions, boxes
 
-    bounds = obstacles[0]
-    for box in [*obstacles, *label_boxes]:
+
+def _drawing_bounds(boxes: Sequence[_Box], routes: Sequence[_Route]) -> _Box:
+    """The box around every node, caption and label, and the curves' bulges."""
+    bounds = boxes[0]
+    for box in boxes:
         bounds = bounds.union(box)
     for route in routes:
         for t in (0.25, 0.5, 0.75):
             x, y = route.at(t)
             bounds = bounds.union(_Box(x, y, x, y))
+    return bounds
 
-    gates = [g for g in GATES if any(r.edge.gate == g for r in routes)]
-    legend_items = [*gates, "cutoff: not drawn"]
-    legend_width = sum(_text_width(item, CAPTION_FONT, SANS_ADVANCE) + 46 for item in legend_items)
-    caption_lines = _wrap(_meta_items(graph.meta), 90)
-    header = CAPTION_FONT * 2 + 14 if title else 0.0
-    line_step = CAPTION_FONT + 8
-    # Baselines below the drawing: the meta caption lines, then the legend.
-    first_baseline = MARGIN + header + (bounds.y1 - bounds.y0) + 16 + CAPTION_FONT
-    legend_baseline = first_baseline + len(caption_lines) * line_step
-    text_widths = [legend_width, *(_text_width(line, CAPTION_FONT, SANS_ADVANCE)
-                                   for line in caption_lines)]
-    if title:
-        text_widths.append(_text_width(title, CAPTION_FONT + 4, SANS_ADVANCE))
-    width = max(bounds.x1 - bounds.x0, *text_widths) + 2 * MARGIN
-    height = legend_baseline + MARGIN
-    dx, dy = MARGIN - bounds.x0, MARGIN + header - bounds.y0
 
-    n_edges = len(routes)
+@dataclass(frozen=True)
+class _Page:
+    """Where things go on the page: the drawing, shifted by (dx, dy), with the title
+    above it and the meta caption lines and the legend below it."""
+
+    width: float
+    height: float
+    dx: float
+    dy: float
+    first_baseline: float   # of the meta caption lines
+    legend_baseline: float
+
+    @classmethod
+    def around(cls, bounds: _Box, *, title: str | None, caption_lines: Sequence[str],
+               legend_items: Sequence[str]) -> _Page:
+        legend_width = sum(_text_width(item, CAPTION_FONT, SANS_ADVANCE) + 46 for item in legend_items)
+        header = CAPTION_FONT * 2 + 14 if title else 0.0
+        first_baseline = MARGIN + header + (bounds.y1 - bounds.y0) + 16 + CAPTION_FONT
+        legend_baseline = first_baseline + len(caption_lines) * CAPTION_STEP
+        text_widths = [legend_width, *(_text_width(line, CAPTION_FONT, SANS_ADVANCE)
+                                       for line in caption_lines)]
+        if title:
+            text_widths.append(_text_width(title, CAPTION_FONT + 4, SANS_ADVANCE))
+        width = max(bounds.x1 - bounds.x0, *text_widths) + 2 * MARGIN
+        return cls(width, legend_baseline + MARGIN, MARGIN - bounds.x0, MARGIN + header - bounds.y0,
+                   first_baseline, legend_baseline)
+
+
+def _document_head(graph: Graph, page: _Page, title: str | None, n_edges: int, gates: Sequence[str]) -> list[str]:
     doc_title = title or (f"ktg graph: {len(graph.nodes)} node{'s' * (len(graph.nodes) != 1)}, "
                           f"{n_edges} edge{'s' * (n_edges != 1)}")
-    out = [
+    head = [
         '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="ktg-graph" width="{width:.0f}" '
-        f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" font-family="{SANS}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="ktg-graph" width="{page.width:.0f}" '
+        f'height="{page.height:.0f}" viewBox="0 0 {page.width:.0f} {page.height:.0f}" font-family="{SANS}">',
         f"<title>{escape(doc_title)}</title>",
         f"<defs>{''.join(_markers(gates))}</defs>",
         '<rect class="background" x="0" y="0" width="100%" height="100%" fill="#ffffff"/>',
     ]
     if title:
-        out.append(f'<text class="title" x="{MARGIN:g}" y="{MARGIN + CAPTION_FONT + 4:g}" '
-                   f'font-size="{CAPTION_FONT + 4:g}" font-weight="bold" fill="{TEXT}">'
-                   f"{escape(title)}</text>")
-    out.append(f'<g class="graph" transform="translate({dx:.1f},{dy:.1f})">')
-    out.append('<g class="edges">' + "".join(_draw_edge(r) for r in routes) + "</g>")
+        head.append(f'<text class="title" x="{MARGIN:g}" y="{MARGIN + CAPTION_FONT + 4:g}" '
+                    f'font-size="{CAPTION_FONT + 4:g}" font-weight="bold" fill="{TEXT}">'
+                    f"{escape(title)}</text>")
+    return head
+
+
+def _draw_graph(graph: Graph, page: _Page, pos: dict[int, Point], routes: Sequence[_Route],
+                label_boxes: Sequence[_Box], captions: dict[int, tuple[list[str], float]]) -> list[str]:
+    """Edges, then nodes over them, then the edge labels over both."""
     nodes = [_draw_label_node(pos[LABEL_NODE])]
     for node in sorted(graph.nodes, key=lambda n: n.id):
         nodes.append(_draw_node(graph, node, pos[node.id], captions.get(node.id)))
-    out.append('<g class="nodes">' + "".join(nodes) + "</g>")
-    out.append('<g class="edge-labels">'
-               + "".join(_draw_edge_label(r, b) for r, b in zip(routes, label_boxes, strict=True))
-               + "</g>")
-    out.append("</g>")
+    return [
+        f'<g class="graph" transform="translate({page.dx:.1f},{page.dy:.1f})">',
+        '<g class="edges">' + "".join(_draw_edge(r) for r in routes) + "</g>",
+        '<g class="nodes">' + "".join(nodes) + "</g>",
+        '<g class="edge-labels">'
+        + "".join(_draw_edge_label(r, b) for r, b in zip(routes, label_boxes, strict=True))
+        + "</g>",
+        "</g>",
+    ]
 
-    for i, line in enumerate(caption_lines):
-        out.append(f'<text class="caption" x="{MARGIN:g}" y="{first_baseline + i * line_step:.1f}" '
-                   f'font-size="{CAPTION_FONT:g}" fill="{TEXT}">{escape(line)}</text>')
-    y = legend_baseline
-    out.append('<g class="legend">')
+
+def _draw_legend(legend_items: Sequence[str], gates: Sequence[str], baseline: float) -> list[str]:
+    """One coloured arrow per gate drawn, then the note on cutoff edges."""
+    y = baseline
+    out = ['<g class="legend">']
     x = MARGIN
     for item in legend_items:
         if item in gates:
@@ -575,6 +611,38 @@ def render_svg(graph: Graph, *, title: str | None = None) -> str:
             out.append(f'<text class="legend-note" x="{x:.1f}" y="{y:.1f}" font-size="{CAPTION_FONT:g}" '
                        f'fill="{OTHER_GATE_COLOUR}">{escape(item)}</text>')
     out.append("</g>")
+    return out
+
+
+def render_svg(graph: Graph, *, title: str | None = None) -> str:
+    """The graph as a standalone SVG document (a string, UTF-8 when written).
+
+    Node 0 ("Label") sits on the left and the listed networks on a ring; node 1,
+    the target, is red; frozen teachers are grey with a dashed double outline and
+    a caption. Every non-cutoff edge is an arrow labelled 'loss · gate' and
+    coloured by gate; cutoff edges are not drawn, as in the paper's Fig. 4.
+    ``title`` is shown on top; scalar ``meta`` entries (accuracy, dataset, ...)
+    form a caption line below.
+    """
+    pos = _layout(graph)
+    routes = _route_edges(graph, pos)
+    captions, caption_boxes = _frozen_captions(graph, pos)
+    obstacles = [_Box.around(pos[n], 2 * _radius(graph, n) + 4, 2 * _radius(graph, n) + 4)
+                 for n in pos] + caption_boxes
+    label_boxes = _place_labels(routes, obstacles)
+    bounds = _drawing_bounds([*obstacles, *label_boxes], routes)
+
+    gates = [g for g in GATES if any(r.edge.gate == g for r in routes)]
+    legend_items = [*gates, "cutoff: not drawn"]
+    caption_lines = _wrap(_meta_items(graph.meta), 90)
+    page = _Page.around(bounds, title=title, caption_lines=caption_lines, legend_items=legend_items)
+
+    out = _document_head(graph, page, title, len(routes), gates)
+    out += _draw_graph(graph, page, pos, routes, label_boxes, captions)
+    for i, line in enumerate(caption_lines):
+        out.append(f'<text class="caption" x="{MARGIN:g}" y="{page.first_baseline + i * CAPTION_STEP:.1f}" '
+                   f'font-size="{CAPTION_FONT:g}" fill="{TEXT}">{escape(line)}</text>')
+    out += _draw_legend(legend_items, gates, page.legend_baseline)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

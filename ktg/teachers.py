@@ -19,17 +19,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
+from ktg.checkpoints import classifier_rows, read_state, write_state
 from ktg.data.spec import DataSpec
 from ktg.device import Accel
-from ktg.graph import Graph, Node
-from ktg.models import classifier_rows
+from ktg.graph import FORMAT, LABEL_NODE, TARGET_NODE, Graph, Node
+from ktg.trainer import train_graph
 
 if TYPE_CHECKING:
     from ktg.data import ImageData
-    from ktg.trainer import Recipe
+    from ktg.recipe import Recipe
 
 CACHE_ENV = "KTG_CACHE_DIR"
 KEY_VERSION = 1
@@ -76,27 +76,23 @@ class TeacherCache:
             if not path.exists():
                 data = run_data if spec == self.run else spec.load()
                 self._train(node, data, recipe, seed, accel, path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state(path)
         classes = spec.classes
         return state, len(classes) if classes is not None else classifier_rows(state)
 
     def _train(self, node: Node, data: ImageData, recipe: Recipe, seed: int, accel: Accel,
                path: Path) -> None:
-        from ktg.trainer import train_graph
-
         if not self.quiet:
             print(f"ktg: pre-training teacher {node.model} on {data.name} "
                   f"({recipe.epochs} epochs, labels only); cached at {path}")
         alone = Graph.from_dict({
-            "format": "ktg-graph/1",
-            "nodes": [{"id": 1, "model": node.model}],
-            "edges": [{"source": 0, "target": 1, "loss": "ce", "gate": "through"}],
+            "format": FORMAT,
+            "nodes": [{"id": TARGET_NODE, "model": node.model}],
+            "edges": [{"source": LABEL_NODE, "target": TARGET_NODE, "loss": "ce", "gate": "through"}],
         })
         result = train_graph(alone, data, recipe=recipe, seed=seed, accel=accel, teachers=self)
-        tmp = path.with_suffix(".tmp")
-        torch.save(result.state_dicts()[1], tmp)
-        sidecar = {"model": node.model, "dataset": data.name, "test_acc": result.nodes[1].test_acc,
+        sidecar = {"model": node.model, "dataset": data.name, "test_acc": result.nodes[TARGET_NODE].test_acc,
                    "epochs": recipe.epochs, "seed": seed}
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-        os.replace(tmp, path)  # atomic: a reader never sees a half-written file
+        write_state(result.state_dicts()[TARGET_NODE], path)
         self.trained.append(path)

@@ -9,22 +9,22 @@ step never waits for the host.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from ktg.checkpoints import classifier_rows, load_checkpoint
 from ktg.data.loader import DeviceBatches
 from ktg.device import Accel
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Edge, Graph
-from ktg.losses import LocalPosterior, ce_loss, cm_loss, gate, kl_loss, lkd_loss, local_posterior
-from ktg.models import CHECKPOINT_ALLOWED, build_model, classifier_rows
+from ktg.losses import EDGE_LOSSES, edge_inputs, gate
+from ktg.models import build_model
+from ktg.recipe import Recipe
 from ktg.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -38,52 +38,6 @@ BatchCallback = Callable[[int, int], None]
 """Called after each step with (epoch index, batches done in the epoch)."""
 
 EVAL_BATCH = 1024
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The optimisation recipe; defaults are the KTG paper's."""
-
-    epochs: int = 200
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    milestones: tuple[float, ...] = (0.3, 0.6, 0.9)  # fractions of the epochs
-    gamma: float = 0.1
-    # Linear lr warm-up over the first steps, never past the first milestone.
-    # Not in the paper, whose CIFAR runs pass 500 steps within the first epoch;
-    # on small data (digits: 22 steps an epoch) lr 0.1 from step 0 collapses
-    # mutually-learning nodes to the uniform prediction (DML-3 on digits, 30
-    # epochs: 24 % test accuracy without, 98 % with). 0 = the paper exactly.
-    warmup_steps: int = 500
-
-    def check(self) -> None:
-        checks = [
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("batch_size", self.batch_size >= 2, "an integer >= 2"),
-            ("lr", self.lr > 0 and math.isfinite(self.lr), "a finite number > 0"),
-            ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("milestones", all(0 < m < 1 for m in self.milestones), "fractions in (0, 1)"),
-            ("gamma", 0 < self.gamma <= 1, "a number in (0, 1]"),
-            ("warmup_steps", self.warmup_steps >= 0, "an integer >= 0 (0 = no warm-up)"),
-        ]
-        for name, ok, what in checks:
-            if not ok:
-                raise KtgError(f"{name}: got {getattr(self, name)!r}; allowed: {what}")
-
-    def milestone_epochs(self) -> list[int]:
-        return sorted({max(1, round(m * self.epochs)) for m in self.milestones})
-
-    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
-        """The lr of optimisation step ``step`` (0-based) as a multiple of ``lr``."""
-        milestones = self.milestone_epochs()
-        epoch = step // steps_per_epoch
-        decay = self.gamma ** sum(epoch >= m for m in milestones)
-        warmup = min([self.warmup_steps, *(m * steps_per_epoch for m in milestones[:1])])
-        return decay * min(1.0, (step + 1) / warmup) if warmup else decay
 
 
 class NonFiniteLoss(KtgError):
@@ -127,7 +81,7 @@ def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), see
     recipe.check()
     accel = accel or Accel.resolve("auto")
     # Read checkpoints up front, so a bad one fails before anything trains.
-    checkpoints = {nid: _load_checkpoint(graph.node(nid).checkpoint or "")
+    checkpoints = {nid: load_checkpoint(graph.node(nid).checkpoint or "")
                    for nid in graph.frozen_ids if graph.node(nid).checkpoint}
     checkpoint_classes = {nid: classifier_rows(state) for nid, state in checkpoints.items()}
     space = dict(dataset=data.name, classes=data.classes, num_classes=data.num_classes,
@@ -156,19 +110,6 @@ def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), see
 
 
 # -- building the nodes ---------------------------------------------------------
-
-def _load_checkpoint(path: str) -> dict[str, Tensor]:
-    try:
-        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise KtgError(f"checkpoint: no file at {path}; {CHECKPOINT_ALLOWED}") from None
-    except Exception as exc:  # a corrupt or foreign file: say which, not a traceback
-        raise KtgError(f"checkpoint: cannot read {path} ({type(exc).__name__}); "
-                       f"{CHECKPOINT_ALLOWED}") from None
-    if not isinstance(state, dict):
-        raise KtgError(f"checkpoint: {path} holds no state_dict; {CHECKPOINT_ALLOWED}")
-    return state
-
 
 def _build_models(graph: Graph, data: ImageData, recipe: Recipe, seed: int, accel: Accel,
                   teachers: TeacherCache | None, checkpoints: dict[int, dict[str, Tensor]]) -> dict[int, nn.Module]:
@@ -289,18 +230,12 @@ class _GraphRun:
     def _edge_loss(self, e: Edge, mine: _Outputs, outs: dict[int, _Outputs],
                    labels: Tensor) -> tuple[Tensor, Tensor | None]:
         """The per-sample loss of one edge and, for the correct gate, the source-correct mask."""
-        if e.loss == "ce":
-            return ce_loss(mine.logits, labels), None
-        src = outs[e.source]
-        emb_s, logits_s = src.embedding.detach(), src.logits.detach()
-        if e.loss == "kl":
-            correct = logits_s.argmax(dim=1) == labels if e.gate == "correct" else None
-            return kl_loss(logits_s, mine.logits, e.temperature), correct
-        local: LocalPosterior = local_posterior(emb_s, labels, self.num_classes, e.temperature)
-        correct = local.prediction == labels if e.gate == "correct" else None
-        if e.loss == "cm":
-            return cm_loss(emb_s, mine.embedding, labels, e.temperature), correct
-        return lkd_loss(local, mine.logits, e.temperature), correct
+        loss = EDGE_LOSSES[e.loss]
+        src = None if e.source == LABEL_NODE else outs[e.source]
+        inputs = edge_inputs(loss, e.gate, labels=labels, target=(mine.embedding, mine.logits),
+                             source=None if src is None else (src.embedding, src.logits),
+                             temperature=e.temperature, num_classes=self.num_classes)
+        return loss.per_sample(inputs), loss.correct(inputs) if e.gate == "correct" else None
 
     @torch.no_grad()
     def _eval_batches(self, split: str) -> DeviceBatches:
@@ -312,6 +247,7 @@ class _GraphRun:
                 device=self.accel.device, shuffle=False, drop_last=False, channels_last=self.accel.channels_last)
         return self._eval[split]
 
+    @torch.no_grad()  # no autograd graph: evaluation never backpropagates
     def accuracy(self, split: str) -> dict[int, float]:
         """Top-1 accuracy of every scored node on 'val' or 'test'; one host sync at the end."""
         loader = self._eval_batches(split)
@@ -321,7 +257,7 @@ class _GraphRun:
         with _eval_mode(self.models.values()):
             for xb, yb in loader.epoch(0):
                 with self.accel.autocast():
-                    hits = [(self.forward[nid](xb)[1].argmax(dim=1) == yb).sum() for nid in ids]
+                    hits = [(_Outputs(*self.forward[nid](xb)).logits.argmax(dim=1) == yb).sum() for nid in ids]
                 correct += torch.stack(hits)
         return {nid: c / len(y) for nid, c in zip(ids, correct.tolist(), strict=True)}
 
@@ -339,4 +275,5 @@ def _eval_mode(models: Any) -> Iterator[None]:
             m.train(flag)
 
 
+# Recipe is re-exported for callers that still import it from here; its home is ktg.recipe.
 __all__ = ["NodeResult", "NonFiniteLoss", "Recipe", "RunResult", "train_graph"]

@@ -1,4 +1,4 @@
-"""``ktg compare GRAPH... --dataset NAME --seeds K --workers W --out DIR [--resume]``."""
+"""What ``ktg compare`` does once its flags are parsed (the flags are in ``search/commands.py``)."""
 
 from __future__ import annotations
 
@@ -17,24 +17,6 @@ from search.compare import CompareSetup, Job, JobResult, run_jobs
 from search.compare_report import plot, render_table, summarise, write_json
 
 EXIT_PARTIAL = 1  # some graph or job failed; the others were still reported
-
-
-def add_compare_parser(sub: Any) -> None:
-    p = sub.add_parser("compare", help="train graphs with the same seeds; paired differences against the first")
-    p.add_argument("graphs", nargs="+", metavar="GRAPH", help="ktg-graph/1 files; the first is the baseline")
-    p.add_argument("--names", help="comma-separated row names (default: the files' stems)")
-    ktg_cli.add_data_args(p)
-    ktg_cli.add_recipe_args(p, epochs=20)
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds S..S+K-1, shared by every graph (default 5)")
-    p.add_argument("--workers", type=int, default=1, help="jobs at once (> 1: on a local Ray)")
-    p.add_argument("--threads-per-job", type=int, default=1, help="torch threads (Ray CPUs) per job")
-    p.add_argument("--ray-address", help="run the jobs on this Ray cluster")
-    p.add_argument("--out", default="runs/compare", help="compare.json, compare.png and per-job results")
-    p.add_argument("--resume", action="store_true", help="re-use finished (graph, seed) jobs in --out")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--cache-dir", help="pre-trained teacher cache (default $KTG_CACHE_DIR or ~/.cache/ktg/teachers)")
-    p.set_defaults(func=run_compare_command)
 
 
 def _names(args: argparse.Namespace) -> list[str]:

@@ -83,7 +83,7 @@ def test_show_writes_svg_and_lists_edges(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["train", "--graph", "missing.json"], "graph: cannot read missing.json"),
-    (["train", "--graph", "{examples}/kd.json", "--dataset", "mnist"], "dataset: got 'mnist'; allowed: cifar10"),
+    (["train", "--graph", "{examples}/kd.json", "--dataset", "emnist"], "dataset: got 'emnist'; allowed: cifar10"),
     (["train", "--graph", "{examples}/kd.json", "--dataset", "cifar10", "--data-dir", "nowhere"],
      "data_batch_1"),
     (["train", "--graph", "{examples}/kd.json", "--epochs", "0"], "--epochs: got 0; allowed: an integer >= 1"),

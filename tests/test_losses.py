@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from ktg.losses import ce_loss, cm_loss, gate, kl_loss, lkd_loss, local_posterior
+from ktg.graph import LOSSES
+from ktg.losses import EDGE_LOSSES, ce_loss, cm_loss, edge_inputs, gate, kl_loss, lkd_loss, local_posterior
 
 ATOL = 1e-5  # the library computes in float32, the references in float64
 
@@ -259,6 +260,61 @@ def test_lkd_gradients_treat_the_instance_weight_as_a_constant() -> None:
     assert logits.grad[:, [2, 4]].abs().max().item() == 0.0  # absent classes get no gradient
     assert emb.grad is not None and ref_emb.grad is not None
     assert torch.allclose(emb.grad.double(), ref_emb.grad, atol=1e-5)
+
+
+# --- the table of losses: dispatch, needs, the correct gate's mask --------------------
+
+def test_the_graph_file_knows_exactly_the_losses_of_the_table() -> None:
+    assert LOSSES == tuple(EDGE_LOSSES) == ("ce", "kl", "cm", "lkd")
+
+
+def _lkd_batch_inputs(loss: str, gate_kind: str, tau: float = 2.0):
+    emb, logits = torch.tensor(LKD_EMB), torch.tensor(LKD_LOGITS)
+    source = (emb.flip(0), logits.flip(0))  # another node's view of the same batch
+    return edge_inputs(EDGE_LOSSES[loss], gate_kind, labels=torch.tensor(LKD_LABELS), target=(emb, logits),
+                       source=None if loss == "ce" else source, temperature=tau, num_classes=LKD_NUM_CLASSES)
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl", "cm", "lkd"])
+def test_the_table_dispatches_to_the_loss_function(loss: str) -> None:
+    tau, labels = 2.0, torch.tensor(LKD_LABELS)
+    emb, logits = torch.tensor(LKD_EMB), torch.tensor(LKD_LOGITS)
+    emb_s, logits_s = emb.flip(0), logits.flip(0)
+    expected = {
+        "ce": lambda: ce_loss(logits, labels),
+        "kl": lambda: kl_loss(logits_s, logits, tau),
+        "cm": lambda: cm_loss(emb_s, emb, labels, tau),
+        "lkd": lambda: lkd_loss(local_posterior(emb_s, labels, LKD_NUM_CLASSES, tau), logits, tau),
+    }[loss]()
+    got = EDGE_LOSSES[loss].per_sample(_lkd_batch_inputs(loss, "through", tau))
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("loss", "gate_kind", "computed"), [
+    ("ce", "correct", False), ("kl", "correct", False), ("kl", "through", False),
+    ("cm", "through", False), ("cm", "linear", False), ("cm", "correct", True),
+    ("lkd", "through", True), ("lkd", "correct", True),
+])
+def test_the_local_posterior_is_computed_only_when_read(loss: str, gate_kind: str, computed: bool) -> None:
+    assert (_lkd_batch_inputs(loss, gate_kind).local is not None) == computed
+
+
+def test_the_correct_gate_asks_each_loss_its_own_question() -> None:
+    """ce: no mask (correct = through); kl: the source's top-1 logit; cm and lkd: its local
+    nearest-centre class."""
+    labels = torch.tensor(LKD_LABELS)
+    assert EDGE_LOSSES["ce"].correct(_lkd_batch_inputs("ce", "correct")) is None
+    kl = _lkd_batch_inputs("kl", "correct")
+    assert kl.source_logits is not None
+    top1 = [max(range(LKD_NUM_CLASSES), key=row.__getitem__) for row in kl.source_logits.tolist()]
+    kl_mask = EDGE_LOSSES["kl"].correct(kl)
+    assert kl_mask is not None and kl_mask.tolist() == [p == y for p, y in zip(top1, LKD_LABELS, strict=True)]
+    for loss in ("cm", "lkd"):
+        inputs = _lkd_batch_inputs(loss, "correct")
+        local = local_posterior(torch.tensor(LKD_EMB).flip(0), labels, LKD_NUM_CLASSES, 2.0)
+        mask = EDGE_LOSSES[loss].correct(inputs)
+        assert mask is not None and mask.tolist() == (local.prediction == labels).tolist()
+    assert kl_mask.tolist() != mask.tolist()  # the two rules differ on this batch
 
 
 # --- gates ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ epochs with small models, on the CPU.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import queue
@@ -19,14 +20,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from ktg.checkpoints import classifier_rows
 from ktg.data import ImageData
 from ktg.data.spec import DataSpec
 from ktg.device import Accel
 from ktg.errors import KtgError
 from ktg.graph import Graph, Node
-from ktg.models import classifier_rows
+from ktg.recipe import Recipe
 from ktg.teachers import TeacherCache
-from ktg.trainer import NonFiniteLoss, Recipe, RunResult, _build_models, _GraphRun, _Outputs, train_graph
+from ktg.trainer import NonFiniteLoss, RunResult, _build_models, _GraphRun, _Outputs, train_graph
 
 ONE_EPOCH = Recipe(epochs=1)
 MODEL = "wrn16-1"  # the fastest model of the zoo on 8x8 digits
@@ -391,6 +393,34 @@ def test_raising_from_on_epoch_stops_the_run(digits_val_data: ImageData) -> None
               on_batch=lambda e, i: batch_epochs.add(e))
     assert epochs == [1]
     assert batch_epochs == {0}
+
+
+def test_accuracy_builds_no_autograd_graph(digits_val_data: ImageData) -> None:
+    g = graph(1, edge(0, 1, "ce"))
+    models = _build_models(g, digits_val_data, ONE_EPOCH, 0, CPU, None, {})
+    run = _GraphRun(g, digits_val_data, ONE_EPOCH, CPU, models, 0, [1])
+    tracked: list[bool] = []
+    models[1].register_forward_hook(lambda module, inputs, outputs: tracked.append(outputs[1].requires_grad))
+    run.accuracy("val")
+    assert tracked and not any(tracked)
+
+
+# --- the front door: ktg.train ----------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["dict and name", "file and ImageData", "Graph and DataSpec"])
+def test_ktg_train_is_train_graph_in_one_call(digits_data: ImageData, alone: RunResult, tmp_path: Path,
+                                               form: str) -> None:
+    import ktg
+
+    raw = {"format": "ktg-graph/1", "nodes": [{"id": 1, "model": MODEL}], "edges": [edge(0, 1, "ce")]}
+    (tmp_path / "g.json").write_text(json.dumps(raw))
+    source, dataset = {"dict and name": (raw, "digits"),
+                       "file and ImageData": (str(tmp_path / "g.json"), digits_data),
+                       "Graph and DataSpec": (ktg.Graph.from_dict(raw), ktg.DataSpec("digits"))}[form]
+    result = ktg.train(source, dataset, epochs=1, device="cpu", cache_dir=tmp_path / "cache")
+    assert isinstance(result, ktg.RunResult)
+    assert same_state(result.state_dicts()[1], alone.state_dicts()[1])
+    assert result.nodes[1].test_acc == alone.nodes[1].test_acc
 
 
 # --- accelerated paths on the CPU ------------------------------------------------------

@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ktg.errors import KtgError, allowed
@@ -116,21 +115,6 @@ def build_model(
     return family.builder(
         *groups, in_channels=in_channels, num_classes=num_classes, image_size=image_size
     )
-
-
-CHECKPOINT_ALLOWED = "allowed: a node<id>.pt written by 'ktg train'"
-
-
-def classifier_rows(state: dict[str, torch.Tensor]) -> int:
-    """The number of classes a saved state_dict predicts.
-
-    Every family ends with a Linear classifier, whose weight is the state's last
-    2-D tensor; that is how a ``node<id>.pt`` tells its label space.
-    """
-    weights = [v for v in state.values() if v.dim() == 2]
-    if not weights:
-        raise KtgError(f"checkpoint: no classifier weight found; {CHECKPOINT_ALLOWED}")
-    return int(weights[-1].shape[0])
 
 
 def init_weights(model: nn.Module) -> None:
