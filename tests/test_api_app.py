@@ -206,3 +206,16 @@ def test_the_embedded_sqlite_default_works_too(tmp_path: Path) -> None:
         assert c.get(f"/v1/studies/{study_id}/best", headers=ALICE).json()["items"][0]["trial"] == \
             best_trials(study, 1)[0].number
         assert c.post("/v1/studies", json={"name": "x", "nodes": 2, "trials": 1}, headers=ALICE).status_code == 503
+
+
+def test_train_size_and_grace_epochs_are_spec_fields_over_http(client: TestClient) -> None:
+    """The API's body is the search spec: the new fields validate there, and name themselves."""
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["SearchSpec"]["properties"]
+    assert {"train_size", "grace_epochs"} <= set(schema)
+    bad = client.post("/v1/studies", json={"name": "small", "nodes": 2, "trials": 1, "train_size": 1,
+                                           "grace_epochs": 0}, headers=ALICE)
+    assert bad.status_code == 422
+    assert "train_size" in bad.json()["detail"] and "grace_epochs" in bad.json()["detail"]
+    ok = client.post("/v1/studies", json={"name": "small", "nodes": 2, "trials": 1, "train_size": 500,
+                                          "grace_epochs": 3, "dataset": "fashionmnist"}, headers=ALICE)
+    assert ok.status_code == 503  # valid: it got as far as launching (no Ray here)
