@@ -98,6 +98,23 @@ class Graph:
     def trained_ids(self) -> list[int]:
         return [n.id for n in self.nodes if not self.is_frozen(n.id)]
 
+    def upstream_of(self, node_id: int) -> Graph:
+        """The part of the graph that decides how ``node_id`` trains: the node, every node
+        with a path of non-cutoff edges into it, and the edges among them (``meta`` dropped).
+
+        By the determinism contract two graphs with equal ``upstream_of(n)`` train node
+        ``n`` to exactly the same numbers with the same seed: the nodes downstream of it
+        only read it (sources are detached) and draw their own initial weights.
+        """
+        keep, frontier = {node_id}, [node_id]
+        while frontier:
+            for e in self.incoming(frontier.pop()):
+                if e.source != LABEL_NODE and e.source not in keep:
+                    keep.add(e.source)
+                    frontier.append(e.source)
+        edges = tuple(e for e in self.edges if e.target in keep and e.gate != "cutoff")
+        return Graph(tuple(n for n in self.nodes if n.id in keep), edges)
+
     # -- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         nodes = []

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from ktg.device import Accel
 from ktg.errors import KtgError
 from ktg.graph import Graph
 
@@ -143,3 +145,40 @@ def test_windows_that_never_fire_are_warned_about() -> None:
 def test_examples_load(path: Path) -> None:
     graph = Graph.load(path)
     assert 1 in graph.trained_ids
+
+
+def _g(nodes: list[tuple[int, str]], edges: list[tuple[int, int, str]]) -> Graph:
+    return Graph.from_dict({"format": "ktg-graph/1", "nodes": [{"id": i, "model": m} for i, m in nodes],
+                            "edges": [{"source": s, "target": t, "loss": "ce" if s == 0 else "kl", "gate": g}
+                                      for s, t, g in edges]})
+
+
+def test_upstream_of_keeps_exactly_what_reaches_the_node() -> None:
+    g = _g([(1, "resnet20"), (2, "resnet8"), (3, "wrn16-1"), (4, "resnet8")],
+           [(0, 1, "through"), (3, 1, "linear"), (4, 3, "correct"), (0, 3, "through"),
+            (1, 2, "through"), (0, 2, "through"), (2, 4, "cutoff")])
+    up = g.upstream_of(1)
+    assert up.node_ids == [1, 3, 4]  # 2 only reads node 1; the 2->4 edge is cut off
+    assert {(e.source, e.target) for e in up.edges} == {(0, 1), (3, 1), (4, 3), (0, 3)}
+    assert up.meta == {}
+    # Node 2's own model and edges do not matter to node 1.
+    other = _g([(1, "resnet20"), (2, "wrn16-1"), (3, "wrn16-1"), (4, "resnet8")],
+               [(0, 1, "through"), (3, 1, "linear"), (4, 3, "correct"), (0, 3, "through"), (1, 2, "linear")])
+    assert other.upstream_of(1) == up
+    assert _g([(1, "resnet20"), (2, "resnet8")], [(0, 1, "through"), (2, 1, "through")]).upstream_of(1) != up
+
+
+def test_equal_upstream_trains_the_node_identically(cpu_accel: Accel) -> None:
+    from ktg.data.spec import DataSpec
+    from ktg.recipe import Recipe
+    from ktg.trainer import train_graph
+
+    data = DataSpec("synthetic").load()
+    alone = _g([(1, "resnet8")], [(0, 1, "through")])
+    beside = _g([(1, "resnet8"), (2, "resnet8")], [(0, 1, "through"), (0, 2, "linear"), (1, 2, "through")])
+    assert alone.upstream_of(1) == beside.upstream_of(1)
+    recipe = Recipe(epochs=1, warmup_steps=0)
+    runs = [train_graph(g, data, recipe=recipe, seed=7, accel=cpu_accel) for g in (alone, beside)]
+    a, b = (r.models[1].state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0].nodes[1].test_acc == runs[1].nodes[1].test_acc
