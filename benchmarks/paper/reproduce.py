@@ -163,6 +163,31 @@ def rung_correlation(storage: str, name: str, epochs: int) -> list[tuple[int, fl
     return rows
 
 
+def repeats(storage: str, name: str) -> tuple[int, int, int]:
+    """(trained trials, of which repeated an earlier trial's node-1 upstream graph, repeated epochs).
+
+    Equal upstream graphs train node 1 to the same numbers (the determinism contract), so
+    each repeat's epochs re-measured what the study already held.
+    """
+    import optuna
+
+    from ktg.graph import TARGET_NODE, Graph
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    seen: set[str] = set()
+    trained = repeated = epochs = 0
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if "graph" not in t.user_attrs or "skipped" in t.user_attrs or not t.intermediate_values:
+            continue
+        key = json.dumps(Graph.from_dict(t.user_attrs["graph"]).upstream_of(TARGET_NODE).to_dict(), sort_keys=True)
+        trained += 1
+        if key in seen:
+            repeated += 1
+            epochs += len(t.intermediate_values)
+        seen.add(key)
+    return trained, repeated, epochs
+
+
 def best_curve(storage: str, name: str) -> list[tuple[int, float]]:
     """(trials finished, best full-budget val acc so far), in the order trials finished."""
     import optuna
@@ -358,6 +383,13 @@ def write_page(s: Scale, smoke: bool, storage: str, report: dict[str, Any], top_
                   "| rank | search val acc % | re-trained test acc % |", "|---|---|---|"]
         for i, (v, t) in enumerate(zip(vals, tests, strict=False), 1):
             lines.append(f"| {i} | {100 * v:.2f} | {'-' if t is None else f'{100 * t:.2f}'} |")
+    lines += ["", "How many trained graphs repeated an earlier trial's *upstream* graph of node 1 (node 1 "
+              "and every node with a path into it): with the study's one seed these train node 1 to exactly "
+              "the same numbers, so their epochs measured nothing new:", "",
+              "| study | trained trials | repeats | epochs spent on repeats |", "|---|---|---|---|"]
+    for name in ("fm-2n", "fm-3n", "digits-2n"):
+        trained, repeated, epochs = repeats(storage, name)
+        lines.append(f"| {name} | {trained} | {repeated} | {epochs} |")
     lines += ["", f"![best validation accuracy against trials finished]({rel}/search-curves.png)", "",
               "## Conclusion", "", *conclusion(report, s), "",
               "## The commands this run executed", "", "```", *log, "```", "",
