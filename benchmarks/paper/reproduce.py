@@ -323,8 +323,9 @@ def write_page(s: Scale, smoke: bool, storage: str, report: dict[str, Any], top_
     if smoke:
         lines += ["**Smoke run: tiny settings that check the pipeline. These numbers mean nothing.**", ""]
     lines += [
-        f"Measured by `benchmarks/paper/reproduce.py` on {when} ({machine}); the whole script took "
-        f"{seconds / 60:.0f} min (re-used steps excluded). Every number below comes from that run.",
+        f"Measured by `benchmarks/paper/reproduce.py` on {when} ({machine}); this invocation of the script took "
+        f"{seconds / 60:.0f} min (steps that an earlier invocation finished are re-used, not counted). "
+        "Every number below comes from that run.",
         "",
         "## Setting, and why",
         "",
