@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,16 @@ class Graph:
                     frontier.append(e.source)
         edges = tuple(e for e in self.edges if e.target in keep and e.gate != "cutoff")
         return Graph(tuple(n for n in self.nodes if n.id in keep), edges)
+
+    def training_key(self, node_id: int) -> str:
+        """A string equal for two graphs exactly when they train ``node_id`` the same way:
+        its :meth:`upstream_of`, with each gate that equals another written as that one
+        (``correct`` on a loss with no correct-mask, such as ``ce``, is ``through``)."""
+        up = self.upstream_of(node_id)
+        edges = tuple(replace(e, gate="through") if e.gate == "correct" and EDGE_LOSSES[e.loss].correct_mask == "none"
+                      else e for e in up.edges)
+        body = replace(up, edges=tuple(sorted(edges, key=lambda e: (e.target, e.source, e.loss)))).to_dict()
+        return json.dumps(body, sort_keys=True)
 
     # -- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -168,6 +168,22 @@ def test_upstream_of_keeps_exactly_what_reaches_the_node() -> None:
     assert _g([(1, "resnet20"), (2, "resnet8")], [(0, 1, "through"), (2, 1, "through")]).upstream_of(1) != up
 
 
+def test_training_key_equates_what_trains_alike_and_nothing_else() -> None:
+    alone = _g([(1, "resnet20")], [(0, 1, "through")])
+    # A correct gate on the label edge passes every sample (the label is always "right").
+    assert _g([(1, "resnet20"), (2, "wrn16-1")], [(0, 1, "correct"), (1, 2, "linear")]).training_key(1) \
+        == alone.training_key(1)
+    assert _g([(1, "resnet20")], [(0, 1, "linear")]).training_key(1) != alone.training_key(1)
+    assert _g([(1, "resnet8")], [(0, 1, "through")]).training_key(1) != alone.training_key(1)
+    with_peer = _g([(1, "resnet20"), (2, "resnet8")], [(0, 1, "through"), (2, 1, "correct"), (0, 2, "through")])
+    # On a kl edge "correct" masks the samples the source gets wrong: not the same as through.
+    through_peer = _g([(1, "resnet20"), (2, "resnet8")], [(0, 1, "through"), (2, 1, "through"), (0, 2, "through")])
+    assert with_peer.training_key(1) != through_peer.training_key(1)
+    # The order edges are listed in does not matter.
+    reordered = _g([(1, "resnet20"), (2, "resnet8")], [(0, 2, "through"), (2, 1, "correct"), (0, 1, "through")])
+    assert reordered.training_key(1) == with_peer.training_key(1)
+
+
 def test_equal_upstream_trains_the_node_identically(cpu_accel: Accel) -> None:
     from ktg.data.spec import DataSpec
     from ktg.recipe import Recipe

@@ -179,7 +179,7 @@ def repeats(storage: str, name: str) -> tuple[int, int, int]:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if "graph" not in t.user_attrs or "skipped" in t.user_attrs or not t.intermediate_values:
             continue
-        key = json.dumps(Graph.from_dict(t.user_attrs["graph"]).upstream_of(TARGET_NODE).to_dict(), sort_keys=True)
+        key = Graph.from_dict(t.user_attrs["graph"]).training_key(TARGET_NODE)
         trained += 1
         if key in seen:
             repeated += 1
