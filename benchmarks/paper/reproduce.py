@@ -55,8 +55,8 @@ class Scale:
     workers: int = 2
 
 
-FULL = Scale(train_size=1000, epochs=15, seeds=5, trials_2n=24, trials_3n=32, trials_source=24, top_k=5,
-             top_k_seeds=2, target="resnet20", peers="resnet8,resnet20,wrn16-1", teacher="wrn16-2")
+FULL = Scale(train_size=1000, epochs=15, seeds=5, trials_2n=24, trials_3n=32, trials_source=24, top_k=3,
+             top_k_seeds=1, target="resnet20", peers="resnet8,resnet20,wrn16-1", teacher="wrn16-2")
 SMOKE = Scale(train_size=100, epochs=2, seeds=2, trials_2n=3, trials_3n=3, trials_source=3, top_k=2,
               top_k_seeds=1, target="resnet8", peers="resnet8", teacher="resnet14")
 
