@@ -35,7 +35,8 @@ class ErrorOut(BaseModel):
 # One count per trial state, named as search.storage names them.
 TrialCounts = create_model(
     "TrialCounts",
-    __doc__="Trials by state; trials re-queued after a driver died are not counted twice.",
+    __doc__=("Trials by state; trials re-queued after a driver died are not counted twice, "
+             "and draws that could not be trained (skipped) are not counted."),
     **{name: (int, ...) for name in TRIAL_STATES},
 )
 

@@ -9,6 +9,7 @@ step never waits for the host.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ktg.graph import LABEL_NODE, Edge, Graph
 from ktg.losses import EDGE_LOSSES, edge_inputs, gate
 from ktg.models import build_model
 from ktg.recipe import Recipe
+from ktg.run_state import RunState, run_key
 from ktg.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ EpochCallback = Callable[[int, dict[int, float]], None]
 
 BatchCallback = Callable[[int, int], None]
 """Called after each step with (epoch index, batches done in the epoch)."""
+
+StateCallback = Callable[[RunState], None]
+"""Called after each epoch (before ``on_epoch``) with the run's state: save it to resume from there."""
 
 EVAL_BATCH = 1024
 
@@ -73,10 +78,14 @@ class RunResult:
 def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), seed: int = 0,
                 accel: Accel | None = None, teachers: TeacherCache | None = None,
                 on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None,
-                evaluate_test: bool = True) -> RunResult:
+                evaluate_test: bool = True, resume: RunState | None = None,
+                on_state: StateCallback | None = None) -> RunResult:
     """Train ``graph`` on ``data`` and return every node's accuracies and weights.
 
     ``on_epoch`` may raise to stop the run early (the search uses this for ASHA).
+    ``on_state`` receives the run's state after each epoch; ``resume`` (a state
+    of this very graph, recipe and seed) continues the run from there, ending
+    (on the CPU) exactly as a run that never stopped.
     """
     recipe.check()
     accel = accel or Accel.resolve("auto")
@@ -93,16 +102,21 @@ def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), see
     scored = [nid for nid in sorted(models) if nid not in graph.foreign_nodes(**space)]
     run = _GraphRun(graph, data, recipe, accel, models, seed, scored)
     results = {n.id: NodeResult(n.id, n.model, graph.is_frozen(n.id)) for n in graph.nodes}
-    for epoch in range(recipe.epochs):
+    key = run_key(graph, recipe, seed)
+    if resume is not None:
+        resume.check(key)
+        run.restore(resume)
+        for nid, accs in resume.val_acc.items():
+            results[nid].val_acc = list(accs)
+    for epoch in range(resume.epochs_done if resume else 0, recipe.epochs):
         run.train_epoch(epoch, on_batch)
-        if data.val_x is not None:
-            accs = run.accuracy("val")
-            for nid, acc in accs.items():
-                results[nid].val_acc.append(acc)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, accs)
-        elif on_epoch is not None:
-            on_epoch(epoch + 1, {})
+        accs = run.accuracy("val") if data.val_x is not None else {}
+        for nid, acc in accs.items():
+            results[nid].val_acc.append(acc)
+        if on_state is not None:
+            on_state(run.state(key, epoch + 1, {nid: results[nid].val_acc for nid in scored}))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, accs)
     if evaluate_test:
         for nid, acc in run.accuracy("test").items():
             results[nid].test_acc = acc
@@ -176,6 +190,24 @@ class _GraphRun:
         self.total_steps = recipe.epochs * len(self.batches)
         self.step = 0
         self._eval: dict[str, DeviceBatches] = {}
+
+    def state(self, key: str, epochs_done: int, val_acc: dict[int, list[float]]) -> RunState:
+        """A copy of where the run stands (trained nodes only: teachers never change)."""
+        weights = {nid: {k: v.detach().to("cpu", copy=True) for k, v in self.models[nid].state_dict().items()}
+                   for nid in self.trained}
+        saved = self.optimizer.state_dict()  # references to the live buffers: copy them
+        optimizer = {"state": {i: {k: v.detach().to("cpu", copy=True) if isinstance(v, Tensor) else v
+                                   for k, v in s.items()} for i, s in saved["state"].items()},
+                     "param_groups": copy.deepcopy(saved["param_groups"])}
+        return RunState(key=key, epochs_done=epochs_done, step=self.step, weights=weights, optimizer=optimizer,
+                        val_acc={nid: list(accs) for nid, accs in val_acc.items()})
+
+    def restore(self, state: RunState) -> None:
+        """Continue from ``state``: weights, buffers, momentum and the step counter."""
+        for nid in self.trained:
+            self.models[nid].load_state_dict(state.weights[nid])
+        self.optimizer.load_state_dict(state.optimizer)  # moves the buffers to the parameters' device
+        self.step = state.step
 
     def train_epoch(self, epoch: int, on_batch: BatchCallback | None) -> None:
         edges = {t: [e for e in self.graph.incoming(t) if e.active(epoch)] for t in self.trained}
@@ -276,4 +308,4 @@ def _eval_mode(models: Any) -> Iterator[None]:
 
 
 # Recipe is re-exported for callers that still import it from here; its home is ktg.recipe.
-__all__ = ["NodeResult", "NonFiniteLoss", "Recipe", "RunResult", "train_graph"]
+__all__ = ["NodeResult", "NonFiniteLoss", "Recipe", "RunResult", "RunState", "train_graph"]

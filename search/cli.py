@@ -29,7 +29,8 @@ _FLAGS = {"nodes": "nodes", "trials": "trials", "study": "name", "dataset": "dat
           "classes": "classes", "train_size": "train_size", "epochs": "epochs", "target_model": "target_model",
           "models": "models", "gates": "gates", "losses": "losses", "reduction_factor": "reduction_factor",
           "grace_epochs": "grace_epochs",
-          "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps", "seed": "seed"}
+          "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps", "seed": "seed",
+          "max_retries": "max_retries", "keep_best": "keep_best", "checkpoint_gb": "checkpoint_gb"}
 _LIST_FIELDS = {"models", "gates", "losses"}
 _HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
 

@@ -45,6 +45,12 @@ def add_search_command(sub: Subcommands) -> None:
     p.add_argument("--warmup-steps", type=int,
                    help=f"linear lr warm-up steps (default {Recipe().warmup_steps}; 0 = the paper's recipe)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--max-retries", type=int,
+                   help="restarts of a trial whose worker died, from its last checkpoint (default 2)")
+    p.add_argument("--keep-best", type=int,
+                   help="COMPLETE trials whose checkpoint (trained weights) is kept: the top K (default 5)")
+    p.add_argument("--checkpoint-gb", type=float,
+                   help="disk for PRUNED trials' checkpoints, which a re-drawn graph continues (default 2)")
     p.add_argument("--storage", help="postgresql://user@host/db or sqlite:///file.db (default $KTG_STORAGE, "
                                      "else sqlite:///ktg-studies.db)")
     p.add_argument("--workers", type=int, default=env_number(WORKERS_ENV, int),

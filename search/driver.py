@@ -23,10 +23,12 @@ import optuna
 from ray.tune import Callback
 
 from ktg.data.spec import DataSpec
-from search.searcher import GraphSearcher, Tally, TrialHandles
+from search.searcher import GraphSearcher, Tally, TrialHandles, checkpoint_budget
 from search.spec import SearchSpec
 from search.storage import finished_count, open_storage
 from search.trial import METRIC, train_trial
+from search.trial_checkpoints import book_of
+from search.twins import Twins
 
 DEFAULT_OUT_DIR = Path("runs/search")
 
@@ -96,7 +98,9 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     if tally.done_before >= spec.trials:
         return tally
     workers = _start_ray(options)
-    searcher = GraphSearcher(study, spec, tally, options.worker_config())
+    trials = study.get_trials(deepcopy=False)
+    book = book_of(trials, spec.keep_best, checkpoint_budget(spec), experiment_dir(spec, options))
+    searcher = GraphSearcher(study, spec, tally, options.worker_config(), book, Twins.of_trials(trials))
     callbacks = [TrialHandles(searcher), *([display(tally)] if display is not None else [])]
     tuner = _tuner(spec, options, searcher, callbacks, workers)
     try:
@@ -106,7 +110,14 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
         abandoned = searcher.abandon_live()
     if abandoned:  # Tune swallows Ctrl-C and returns: say it was an interruption
         raise KeyboardInterrupt
+    if searcher.error is not None:
+        raise searcher.error
     return tally
+
+
+def experiment_dir(spec: SearchSpec, options: RunOptions) -> Path:
+    """Tune's folder of the study: one subfolder per trial, with its checkpoint."""
+    return (options.out_dir / "ray").resolve() / spec.name
 
 
 def _start_ray(options: RunOptions) -> int:
@@ -124,7 +135,7 @@ def _start_ray(options: RunOptions) -> int:
 
 def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callbacks: list[Callback],
            workers: int) -> Any:
-    """Tune's ``Tuner``: the trainable on its resources, ASHA over epochs, the searcher, no retries."""
+    """Tune's ``Tuner``: the trainable on its resources, ASHA over epochs, the searcher, retries."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -136,9 +147,13 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
         # reuse_actors: a new worker process per trial costs ~2 s (5x the rest of the orchestration).
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
                                     max_concurrent_trials=workers, reuse_actors=True),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str((options.out_dir / "ray").resolve()),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(experiment_dir(spec, options).parent),
                                   verbose=0, callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  # The latest checkpoint per trial; search.trial_checkpoints keeps fewer.
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  # A lost worker is retried from its checkpoint; a trial's own
+                                  # error ends it with a result instead (search.trial), never retried.
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_retries)),
     )
 
 

@@ -3,7 +3,8 @@
 It runs in the driver process. It asks the study for each trial, samples its
 graph and hands Ray only what a worker needs to train it (``search.trial``);
 every result comes back here and is told to the study, so each trial ends in
-the state it earned (see ``search.study``) and none is left RUNNING.
+the state it earned (see ``search.study``) and none is left RUNNING. Which
+trial checkpoints stay on disk is decided here too, as trials end.
 """
 
 from __future__ import annotations
@@ -18,11 +19,27 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
+from ktg.errors import KtgError
 from search.space import sample_graph
 from search.spec import SearchSpec
-from search.storage import ATTR_EPOCHS, ATTR_ERROR, ATTR_GRAPH, ATTR_SEED, ATTR_SKIPPED
+from search.storage import (
+    ATTR_CONTINUED_FROM,
+    ATTR_EPOCHS,
+    ATTR_ERROR,
+    ATTR_GRAPH,
+    ATTR_RETRIES,
+    ATTR_SEED,
+    ATTR_SKIPPED,
+)
 from search.study import interrupt_trial
-from search.trial import METRIC
+from search.trial import ERROR, METRIC, TWIN
+from search.trial_checkpoints import CheckpointBook, Outcome
+from search.twins import Twin, Twins
+
+# Untrainable draws in a row after which the search gives up: at the smallest chance
+# of a trainable draw a spec allows (1/4 per draw: 2 nodes, gates through/cutoff),
+# 100 in a row happen once in 10^12 searches; TPE only ever raises that chance.
+MAX_SKIPS_IN_A_ROW = 100
 
 
 @dataclass
@@ -33,7 +50,8 @@ class Tally:
     done_before: int
     complete: int = 0
     pruned: int = 0
-    failed: int = 0
+    failed: int = 0  # failed in training; untrainable draws are ``skipped`` and not counted
+    skipped: int = 0
     running: int = 0
     best: tuple[float, int] | None = None  # (val acc, trial number)
     started: float = field(default_factory=time.monotonic)
@@ -43,6 +61,11 @@ class Tally:
         return self.complete + self.pruned + self.failed
 
 
+def checkpoint_budget(spec: SearchSpec) -> int:
+    """``checkpoint_gb`` in bytes: the disk the PRUNED trials' checkpoints may use."""
+    return int(spec.checkpoint_gb * 1e9)
+
+
 class GraphSearcher(Searcher):
     """A Ray Tune searcher backed by an Optuna study through ask/tell.
 
@@ -50,20 +73,33 @@ class GraphSearcher(Searcher):
     (not COMPLETE) and errored/NaN trials as FAIL (never left RUNNING).
     ``worker_config`` is the machine's part of every trial's config (teacher
     cache, device, CPUs), merged into what ``search.trial.train_trial`` gets.
+    Untrainable draws are recorded (``skipped``) but not counted; a re-drawn
+    graph continues its twin (``search.twins``); each epoch is recorded once
+    however often Tune restarts a trial (``retries``); and when a trial ends,
+    ``book`` decides whether its checkpoint stays (``search.trial_checkpoints``).
     """
 
-    def __init__(self, study: optuna.Study, spec: SearchSpec, tally: Tally, worker_config: dict[str, Any]) -> None:
+    def __init__(self, study: optuna.Study, spec: SearchSpec, tally: Tally, worker_config: dict[str, Any],
+                 book: CheckpointBook | None = None, twins: Twins | None = None) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.study, self.spec, self.tally, self.worker_config = study, spec, tally, worker_config
-        self.issued = 0
+        self.book = book or CheckpointBook(spec.keep_best, checkpoint_budget(spec))
+        self.twins = twins or Twins()
+        self.issued = 0  # trainable graphs handed to Ray: what the budget counts
+        self.skips_in_a_row = 0
+        self.error: KtgError | None = None  # why the searcher stopped drawing early, raised by the driver
         self.live: dict[str, optuna.Trial] = {}
-        self.reported: dict[int, int] = {}  # trial number -> last epoch recorded
+        self.graphs: dict[str, dict[str, Any]] = {}  # Tune trial id -> the graph it trains
+        self.continuing: dict[str, tuple[Twin, bool]] = {}  # Tune trial id -> (its twin, twin's checkpoint pinned)
+        self.reported: dict[int, dict[int, float]] = {}  # trial number -> {epoch: val acc} recorded
         self.tune_trials: dict[str, Any] = {}  # Tune's Trial objects, for the reason a trial failed
+        self.retries: dict[str, int] = {}  # Tune trial id -> restarts after its process died
 
     # Ray pickles searcher state into its experiment folder: keep the study (and
     # with it the storage URL and its password) out of it.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in {"study", "live", "reported", "tune_trials"}}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in {"study", "live", "reported", "tune_trials", "book", "twins", "graphs"}}
 
     def save(self, checkpoint_path: str) -> None:  # the study itself is the checkpoint
         return None
@@ -76,19 +112,35 @@ class GraphSearcher(Searcher):
         while self.issued < remaining:
             trial = self.study.ask()
             self.live[trial_id] = trial  # from here on, an interruption must record it
-            self.issued += 1
             graph, skipped = sample_graph(trial, self.spec)
             trial.set_user_attr(ATTR_SEED, self.spec.seed)
             trial.set_user_attr(ATTR_GRAPH, graph)
-            if skipped:
+            if skipped:  # recorded, but not counted: --trials N means N trained graphs
                 trial.set_user_attr(ATTR_SKIPPED, skipped)
                 self.study.tell(trial, state=TrialState.FAIL)
                 del self.live[trial_id]
-                self.tally.failed += 1
+                self.tally.skipped += 1
+                self.skips_in_a_row += 1
+                if self.skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    self.error = KtgError(f"search: {MAX_SKIPS_IN_A_ROW} graphs in a row could not be trained "
+                                          f"({skipped}); allowed: a space with trainable graphs, e.g. fewer "
+                                          "'cutoff' in --gates")
+                    return self.FINISHED
                 continue
+            self.skips_in_a_row = 0
+            self.issued += 1
             self.tally.running += 1
-            return {"graph": graph, "spec": self.spec.model_dump(), "trial_number": trial.number,
-                    **self.worker_config}
+            self.graphs[trial_id] = graph
+            config = {"graph": graph, "spec": self.spec.model_dump(), "trial_number": trial.number,
+                      **self.worker_config}
+            twin = self.twins.of(graph)
+            if twin is not None:  # drawn before: continue where that trial stopped (search.twins)
+                checkpoint = self.book.pin(twin.number)
+                self.continuing[trial_id] = (twin, checkpoint is not None)
+                trial.set_user_attr(ATTR_CONTINUED_FROM, twin.number)
+                config[TWIN] = {"number": twin.number, "values": list(twin.values),
+                                "checkpoint": str(checkpoint) if checkpoint is not None else None}
+            return config
         return self.FINISHED
 
     def _record(self, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
@@ -96,10 +148,12 @@ class GraphSearcher(Searcher):
         if not result or METRIC not in result:
             return
         epoch = int(result["epoch"])
-        if epoch > self.reported.get(trial.number, 0):
+        values = self.reported.setdefault(trial.number, {})
+        if epoch > max(values, default=0):  # a trial restarted from a checkpoint may repeat an epoch
             trial.report(float(result[METRIC]), step=epoch)
             trial.set_user_attr(ATTR_EPOCHS, epoch)
-            self.reported[trial.number] = epoch
+            values[epoch] = float(result[METRIC])
+            self.book.saw(trial.number, epoch, values[epoch])
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self.live.get(trial_id)
@@ -112,24 +166,58 @@ class GraphSearcher(Searcher):
             return
         # Tune hands a trial's last result (the one that ends it) only to this hook.
         self._record(trial, result)
-        self.reported.pop(trial.number, None)
+        values = self.reported.pop(trial.number, {})
         self.tally.running -= 1
         epochs = int((result or {}).get("epoch", 0))
-        if error or result is None or METRIC not in result:
-            trial.set_user_attr(ATTR_ERROR, failure_reason(self.tune_trials.get(trial_id)))
+        tune_trial = self.tune_trials.get(trial_id)
+        trial_dir = Path(tune_trial.path) if tune_trial is not None and tune_trial.path else None
+        value = None
+        if error or result is None or METRIC not in result or ERROR in result:
+            # Its own fault (ERROR, never retried), or its process died more often than --max-retries.
+            reason = str(result[ERROR]) if result and ERROR in result else failure_reason(tune_trial)
+            if result and ERROR in result and trial_dir is not None:
+                _write_error_file(trial_dir, reason)
+            trial.set_user_attr(ATTR_ERROR, reason)
             self.study.tell(trial, state=TrialState.FAIL)
             self.tally.failed += 1
+            outcome = "fail"
         elif epochs >= self.spec.epochs:
             value = float(result[METRIC])
             self.study.tell(trial, value)
             self.tally.complete += 1
             if self.tally.best is None or value > self.tally.best[0]:
                 self.tally.best = (value, trial.number)
+            outcome = "complete"
         else:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.tally.pruned += 1
+            outcome = "pruned"
         del self.live[trial_id]  # only once told: an interruption until here records it
         self.tune_trials.pop(trial_id, None)
+        self.retries.pop(trial_id, None)
+        self._keep_checkpoints(trial_id, trial.number, outcome, trial_dir, value, values)
+
+    def _keep_checkpoints(self, trial_id: str, number: int, outcome: Outcome, trial_dir: Path | None,
+                          value: float | None, values: dict[int, float]) -> None:
+        """A trial ended: its checkpoint by the book's rules, and it may be the twin of later draws."""
+        graph = self.graphs.pop(trial_id, None)
+        twin, pinned = self.continuing.pop(trial_id, (None, False))
+        if twin is not None and pinned:
+            self.book.unpin(twin.number)
+        self.book.ended(number, outcome, trial_dir, value)
+        if outcome == "fail" or graph is None:
+            return
+        self.twins.offer(graph, number, values)
+        if twin is not None and len(values) > len(twin.values):
+            self.book.drop(twin.number)  # it went further: the next draw of the graph continues it, not the twin
+
+    def on_trial_restart(self, trial_id: str) -> None:
+        """Tune restarts a trial whose process died, from its last checkpoint: count it."""
+        trial = self.live.get(trial_id)
+        if trial is None:
+            return
+        self.retries[trial_id] = self.retries.get(trial_id, 0) + 1
+        trial.set_user_attr(ATTR_RETRIES, self.retries[trial_id])
 
     def abandon_live(self, storage: optuna.storages.BaseStorage | None = None) -> int:
         """Ctrl-C, SIGTERM or an error in the driver: no trial may stay RUNNING.
@@ -151,10 +239,11 @@ class GraphSearcher(Searcher):
 
 
 class TrialHandles(Callback):
-    """Hands the searcher Tune's Trial objects: they hold the error of a failed trial.
+    """Hands the searcher Tune's Trial objects and restarts, which Tune tells callbacks only.
 
     Tune tells the searcher of a failure (``error=True``) without the error
-    itself, but only after writing it into the Trial's error files.
+    itself, but only after writing it into the Trial's error files; and of a
+    restart (a dead worker, retried from its checkpoint) not at all.
     """
 
     def __init__(self, searcher: GraphSearcher) -> None:
@@ -162,6 +251,19 @@ class TrialHandles(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.tune_trials[trial.trial_id] = trial
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.on_trial_restart(trial.trial_id)
+
+
+def _write_error_file(trial_dir: Path, reason: str) -> None:
+    """Where Tune writes the error of a trial that raised: a trial that failed by itself
+    reports it instead of raising (so that it is not retried), and it lands there too."""
+    try:
+        with open(trial_dir / "error.txt", "a") as f:
+            f.write(f"{reason}\n(raised by the trial itself: not retried)\n")
+    except OSError:
+        pass  # the study holds the error; the file is a courtesy
 
 
 def failure_reason(tune_trial: Any | None, limit: int = 500) -> str:

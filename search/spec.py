@@ -54,6 +54,13 @@ class SearchSpec(BaseModel):
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000,
                                        description="Linear lr warm-up steps (0 = the paper's)")] = Recipe.warmup_steps
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    max_retries: Annotated[int, Field(ge=0, le=100, description=(
+        "Restarts of a trial whose process died (node lost, OOM kill), from its last checkpoint"))] = 2
+    keep_best: Annotated[int, Field(ge=0, le=10_000, description=(
+        "COMPLETE trials whose last checkpoint (trained weights) is kept: the top ones"))] = 5
+    checkpoint_gb: Annotated[float, Field(ge=0, le=1_000_000, description=(
+        "Disk for the checkpoints of PRUNED trials (a twin drawn later continues one); "
+        "past it the lowest-ranked at its rung is deleted first"))] = 2.0
 
     @field_validator("dataset")
     @classmethod
@@ -85,7 +92,11 @@ class SearchSpec(BaseModel):
     @field_validator("gates")
     @classmethod
     def _gates(cls, value: list[str]) -> list[str]:
-        return _choices(value, GATES)
+        value = _choices(value, GATES)
+        if value == ["cutoff"]:  # otherwise the search would draw untrainable graphs forever
+            raise ValueError("got only 'cutoff', which freezes node 1 in every graph, so no graph could be "
+                             f"trained; allowed: add one of {', '.join(g for g in GATES if g != 'cutoff')}")
+        return value
 
     @field_validator("losses")
     @classmethod

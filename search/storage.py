@@ -7,7 +7,7 @@ only ever shown masked.
 
 The study rules live here, and every floor reads them from here: the trial
 state names (``TrialStateName``), which trials count and which are finished
-(``counted``, ``FINISHED_STATES``), which trials are the best (``best_trials``),
+(``counted``: neither re-queued nor skipped; ``FINISHED_STATES``), which trials are the best (``best_trials``),
 and the URL SQLAlchemy is given (``sqlalchemy_url``). ``search.study_queries``
 reads the same rules in SQL, for status polls.
 """
@@ -36,6 +36,8 @@ ATTR_EPOCHS = "epochs_done"
 ATTR_SKIPPED = "skipped"          # sampled but never trained (e.g. frozen target)
 ATTR_INTERRUPTED = "interrupted"  # was RUNNING when its driver died; re-queued on resume
 ATTR_ERROR = "error"              # why a trial that raised or went NaN failed
+ATTR_RETRIES = "retries"          # times Tune restarted it from its checkpoint after its process died
+ATTR_CONTINUED_FROM = "continued_from"  # the earlier trial of the same graph whose epochs it took over
 STUDY_ATTR_SPEC = "spec"
 
 # The trial states users see, count and filter by: Optuna's own, named in lower case.
@@ -109,12 +111,17 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
 
 
 def counted(trial: FrozenTrial) -> bool:
-    """Whether a trial counts against the budget (interrupted ones were re-queued)."""
-    return not trial.user_attrs.get(ATTR_INTERRUPTED)
+    """Whether a trial counts against the budget.
+
+    Interrupted ones were re-queued (their copy counts); skipped ones (FAIL with
+    ``skipped``) were never trained: ``--trials N`` means N trained graphs.
+    """
+    skipped = trial.state == TrialState.FAIL and ATTR_SKIPPED in trial.user_attrs
+    return not trial.user_attrs.get(ATTR_INTERRUPTED) and not skipped
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state: complete, pruned, fail, running, waiting (re-queued ones left out)."""
+    """Trials by state: complete, pruned, fail, running, waiting (re-queued and skipped ones left out)."""
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False) if counted(t))
     return {name: states.get(name, 0) for name in TRIAL_STATES}
 

@@ -7,7 +7,7 @@ for a 1,500-trial study that is hundreds of milliseconds per poll. Here the
 database counts: a handful of indexed aggregate queries, a few milliseconds.
 
 The rules are ``search.storage``'s (trials marked ``interrupted`` were re-queued
-and do not count; "finished" is ``FINISHED_STATES``; "best" means full-budget
+and FAIL trials marked ``skipped`` were never trained: neither counts; "finished" is ``FINISHED_STATES``; "best" means full-budget
 COMPLETE trials with a graph), and ``tests/test_study_queries.py`` pins these
 reads to what Optuna's own API says about the same study. The table models are
 Optuna's own (``optuna.storages._rdb.models``): the schema Optuna migrates is
@@ -88,13 +88,14 @@ def _has_attr(key: str) -> Any:
 
 
 def study_figures(session: Session, study_name: str) -> StudyFigures:
-    """Trial counts by state (re-queued ones left out) and the best accuracies so far."""
+    """Trial counts by state (re-queued and skipped ones left out) and the best accuracies so far."""
     figures = StudyFigures()
     study_id = optuna_study_id(session, study_name)
     if study_id is None:
         return figures
     trial = om.TrialModel
-    counted = ~_attr_is(ATTR_INTERRUPTED, "true")
+    skipped = and_(trial.state == TrialState.FAIL, _has_attr(ATTR_SKIPPED))
+    counted = and_(~_attr_is(ATTR_INTERRUPTED, "true"), ~skipped)
     for state, count in session.execute(select(trial.state, func.count()).where(trial.study_id == study_id, counted)
                                         .group_by(trial.state)):
         name = _STATE_NAMES.get(state)

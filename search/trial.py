@@ -1,20 +1,31 @@
 """The worker side of a search: one trial, run by Ray Tune in a worker process.
 
 A worker trains one sampled graph and reports its target node's validation
-accuracy after each epoch; it never touches the study or its storage (the
-driver records everything), so it needs neither the database nor its password.
-Heavy imports (torch, Ray, the engine) happen inside the trainable: the driver
+accuracy after each epoch, together with a checkpoint of the run
+(``ktg.run_state.RunState``: trained weights, optimizer, step, accuracies so
+far) through Tune's checkpoint API, so that Tune can restart the trial where it
+was if its process dies. It never touches the study or its storage (the driver
+records everything), so it needs neither the database nor its password. Heavy
+imports (torch, Ray, the engine) happen inside the trainable: the driver
 imports this module only to hand the function to Tune.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ktg.graph import TARGET_NODE
+from ktg.graph import TARGET_NODE, Graph
 from search.spec import SearchSpec
 
+if TYPE_CHECKING:
+    from ktg.run_state import RunState  # imports torch: the driver never needs it
+
 METRIC = "val_acc"  # what a trial reports each epoch: ASHA and the searcher read it
+STATE_FILE = "state.pt"  # the run state inside a trial checkpoint folder
+ERROR = "error"  # in a trial's last result: it failed by itself, say why and never retry it
+TWIN = "twin"  # in a trial's config: the earlier trial of the same graph it continues (search.twins)
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -22,22 +33,87 @@ def train_trial(config: dict[str, Any]) -> None:
 
     ``config`` (built by the driver's searcher): ``graph`` (a ``ktg-graph/1``
     dict), ``spec`` (the ``SearchSpec`` as a dict), ``trial_number`` (the Optuna
-    trial's), ``cache_dir`` (pre-trained teachers), ``device`` and ``cpus``.
+    trial's), ``cache_dir`` (pre-trained teachers), ``device`` and ``cpus``, and
+    for a graph the study trained before, ``TWIN`` (see ``_start``).
+
+    A trial that fails by itself (a ``KtgError``: NaN loss, a graph the data
+    cannot train) ends with a last result carrying ``ERROR`` instead of
+    raising, so that Tune, which retries whatever raises, never retries it.
     """
     import torch
     from ray import tune
 
     from ktg.device import Accel
-    from ktg.graph import Graph
+    from ktg.errors import KtgError
     from ktg.run import RunSetup
+    from ktg.trainer import train_graph
 
     spec = SearchSpec.model_validate(config["spec"])
+    graph = Graph.from_dict(config["graph"])
     torch.set_num_threads(max(1, int(config["cpus"])))
-    setup = RunSetup.prepare(spec.data_spec(), accel=Accel.resolve(config["device"]),
-                             cache_dir=config["cache_dir"], quiet=True)
-    recipe = spec.recipe()
+    resume, reported = _start(graph, spec, config.get(TWIN))
+    if reported == spec.epochs:
+        return
 
-    def report(epoch: int, accs: dict[int, float]) -> None:
-        tune.report({METRIC: accs[TARGET_NODE], "epoch": epoch})
+    def report(state: RunState) -> None:
+        nonlocal reported
+        if state.epochs_done <= reported:  # re-trained only because the twin's checkpoint was deleted
+            return
+        with tempfile.TemporaryDirectory(prefix="ktg-state-") as folder:
+            state.save(Path(folder) / STATE_FILE)
+            tune.report({METRIC: state.val_acc[TARGET_NODE][-1], "epoch": state.epochs_done},
+                        checkpoint=tune.Checkpoint.from_directory(folder))  # copied to storage before it returns
+        reported = state.epochs_done
 
-    setup.train(Graph.from_dict(config["graph"]), recipe, seed=spec.seed, on_epoch=report, evaluate_test=False)
+    try:
+        setup = RunSetup.prepare(spec.data_spec(), accel=Accel.resolve(config["device"]),
+                                 cache_dir=config["cache_dir"], quiet=True)
+        train_graph(graph, setup.data, recipe=spec.recipe(), seed=spec.seed, accel=setup.accel,
+                    teachers=setup.teachers, evaluate_test=False, resume=resume, on_state=report)
+    except KtgError as exc:
+        # No epoch of its own (epoch stays at the last one reported) and no accuracy:
+        # the searcher records nothing from it but the error.
+        tune.report({METRIC: float("nan"), "epoch": reported, ERROR: f"{type(exc).__name__}: {exc}"})
+
+
+def _start(graph: Graph, spec: SearchSpec, twin: dict[str, Any] | None) -> tuple[RunState | None, int]:
+    """Where this trial starts: (the state to resume, the epochs already reported).
+
+    Restarted by Tune (its process died): from its own last checkpoint. A graph
+    the study trained before (``twin``: that trial's ``number``, ``values`` and
+    ``checkpoint``): it reports that trial's values as its own first (ASHA
+    judges them at every rung they pass), then trains on from its checkpoint;
+    if the disk budget deleted that checkpoint, it trains from scratch, silently
+    up to there. Otherwise from scratch.
+    """
+    from ray import tune
+
+    from ktg.run_state import RunState, run_key
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = RunState.load(Path(folder) / STATE_FILE)
+        return state, state.epochs_done
+    if twin is None:
+        return None, 0
+    state = _twin_state(twin["checkpoint"], run_key(graph, spec.recipe(), spec.seed))
+    known = state.val_acc[TARGET_NODE] if state is not None else twin["values"]
+    known = known[:spec.epochs]
+    for epoch, value in enumerate(known, start=1):  # known, so never trained again
+        tune.report({METRIC: value, "epoch": epoch})
+    return state, len(known)
+
+
+def _twin_state(checkpoint: str | None, key: str) -> RunState | None:
+    """The twin's run state if its checkpoint is still there and belongs to this run, else None."""
+    from ktg.errors import KtgError
+    from ktg.run_state import RunState
+
+    if not checkpoint:
+        return None
+    try:
+        state = RunState.load(Path(checkpoint) / STATE_FILE)
+    except KtgError:  # deleted meanwhile, or half written when its driver died: train it again
+        return None
+    return state if state.key == key else None

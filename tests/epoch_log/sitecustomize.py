@@ -1,0 +1,76 @@
+"""Test-only hooks for the twin tests: log every trained epoch; optionally turn twins off.
+
+The product knows nothing of this. A test runs ``ktg search`` with ``PYTHONPATH``
+starting with this folder (``tests.search_helpers``-style, see
+``tests/test_search_twins.py``); Python imports ``sitecustomize`` at start-up in
+that process and in every Ray process it starts, which inherit its environment.
+
+* ``KTG_TEST_EPOCH_LOG=FILE``: every epoch ``ktg.trainer`` trains appends one
+  JSON line ``{"graph": ..., "epoch": e}`` to FILE (the graph without ``meta``),
+  so a test can count how often each epoch of each graph was trained.
+* ``KTG_TEST_NO_TWINS=1``: the searcher never finds a twin (``search.twins.Twins.of``
+  answers None): the same search without the shortcut, for comparison.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+EPOCH_LOG_ENV, NO_TWINS_ENV = "KTG_TEST_EPOCH_LOG", "KTG_TEST_NO_TWINS"
+
+
+def log_epochs(module: ModuleType) -> None:
+    log = os.environ[EPOCH_LOG_ENV]
+    train_epoch = module._GraphRun.train_epoch
+
+    @functools.wraps(train_epoch)
+    def logged(self: Any, epoch: int, on_batch: Any) -> None:
+        train_epoch(self, epoch, on_batch)
+        shape = {k: v for k, v in self.graph.to_dict().items() if k != "meta"}
+        with open(log, "a") as f:  # one short write in append mode: lines from processes never interleave
+            f.write(json.dumps({"graph": shape, "epoch": epoch + 1}, sort_keys=True) + "\n")
+
+    module._GraphRun.train_epoch = logged
+
+
+def no_twins(module: ModuleType) -> None:
+    module.Twins.of = lambda self, graph: None
+
+
+class WrapOnImport(importlib.abc.MetaPathFinder):
+    """Finds a module as usual and patches it right after it runs."""
+
+    def __init__(self, patches: dict[str, Callable[[ModuleType], None]]) -> None:
+        self.patches = patches
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        if name not in self.patches:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module: ModuleType) -> None:
+            exec_module(module)
+            self.patches[name](module)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+_patches: dict[str, Callable[[ModuleType], None]] = {}
+if os.environ.get(EPOCH_LOG_ENV):
+    _patches["ktg.trainer"] = log_epochs
+if os.environ.get(NO_TWINS_ENV) == "1":
+    _patches["search.twins"] = no_twins
+if _patches:
+    sys.meta_path.insert(0, WrapOnImport(_patches))

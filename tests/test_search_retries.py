@@ -1,0 +1,244 @@
+"""A lost worker is retried from its checkpoint; a trial's own fault is not retried.
+
+Real Ray, no mocks: a ``ray start --head`` cluster with token authentication on
+(and its dashboard, which serves Ray's state API), and a ``ktg search`` joining
+it. While trial 0 trains, its worker process, found through Ray's state API,
+is SIGKILLed; trial 1 is poisoned to NaN (``tests/fault_injection``). Expected:
+trial 0 restarts from its last checkpoint and ends with exactly the per-epoch
+accuracies of an uninterrupted run, each epoch recorded once, one retry
+counted; trial 1 is FAIL with its error at once, never retried; the search
+exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from ktg.device import Accel
+from ktg.graph import Graph
+from ktg.teachers import TeacherCache
+from ktg.trainer import train_graph
+from search.spec import SearchSpec
+from search.storage import STUDY_ATTR_SPEC, sqlalchemy_url
+from tests.search_helpers import KTG, TINY_MODELS, ktg_env, nan_fault_env, reap_session
+
+pytestmark = pytest.mark.slow
+
+EPOCHS, KILL_AFTER, POISONED = 8, 2, 1
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cluster_env(ray_tmp: Path, work: Path, **extra: str) -> dict[str, str]:
+    """Every process of the test cluster: its own Ray temp root and its own auth token."""
+    token = work / "auth_token"
+    if not token.exists():
+        token.write_text(uuid.uuid4().hex)
+    return ktg_env(ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), **extra)
+
+
+def start_head(work: Path, env: dict[str, str], cpus: int) -> tuple[subprocess.Popen, str]:
+    """``ray start --head --block`` with the dashboard (the state API lives there); its GCS address."""
+    current = Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+    current.unlink(missing_ok=True)
+    with open(work / "head.log", "wb") as log:
+        head = subprocess.Popen(
+            [RAY, "start", "--head", "--block", "--port", "0", "--num-cpus", str(cpus), "--disable-usage-stats",
+             "--include-dashboard=true", "--dashboard-port", str(free_port()),
+             "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not current.exists() or not current.read_text().strip():
+        assert head.poll() is None, (work / "head.log").read_text()
+        assert time.monotonic() < deadline, "ray start --head did not come up"
+        time.sleep(0.5)
+    return head, current.read_text().strip()
+
+
+def join_node(work: Path, env: dict[str, str], address: str, cpus: int) -> subprocess.Popen:
+    """A second Ray node on this machine: ``ray start --address ... --block``."""
+    with open(work / "node.log", "wb") as log:
+        return subprocess.Popen(
+            [RAY, "start", "--address", address, "--block", "--num-cpus", str(cpus), "--disable-usage-stats",
+             "--dashboard-agent-listen-port", str(free_port())],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def state_api(address: str, env: dict[str, str], query: str) -> object:
+    """One of Ray's state API answers, as JSON (asked from a process that holds the cluster's token)."""
+    code = ("import json, sys\n"
+            "from ray.util.state import list_actors, list_nodes\n"
+            f"print(json.dumps({query}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def trial_workers(address: str, env: dict[str, str]) -> list[tuple[int, str]]:
+    """(pid, node id) of every live trial actor (Tune's ``ImplicitFunc``), from Ray's state API."""
+    return [tuple(a) for a in state_api(address, env, (
+        "[(a.pid, a.node_id) for a in list_actors(address=sys.argv[1], filters=[('state', '=', 'ALIVE')], "
+        "detail=True) if a.class_name == 'ImplicitFunc']"))]
+
+
+def alive_nodes(address: str, env: dict[str, str]) -> dict[str, bool]:
+    """Node id -> whether it is the head, for the live nodes."""
+    return dict(state_api(address, env, (
+        "[(n.node_id, n.is_head_node) for n in list_nodes(address=sys.argv[1]) if n.state == 'ALIVE']")))
+
+
+def wait_for(ready: object, what: str, procs: list[subprocess.Popen], timeout: float = 600) -> None:
+    """Poll ``ready()`` until true; fail if one of ``procs`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not ready():  # type: ignore[operator]
+        for proc in procs:
+            assert proc.poll() is None, f"{proc.args[:3]} exited (rc {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def study_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).get_trials()
+    except KeyError:
+        return []
+
+
+def result_epochs(out: Path, number: int) -> list[int]:
+    """The epochs of every result Tune logged for trial ``number``, in order (restarts included)."""
+    for params in out.glob("ray/*/*/params.json"):
+        if json.loads(params.read_text())["trial_number"] == number:
+            lines = (params.parent / "result.json").read_text().splitlines()
+            return [json.loads(line)["epoch"] for line in lines if line.strip()]
+    raise AssertionError(f"no Ray folder for trial {number}")
+
+
+def start_search(work: Path, env: dict[str, str], url: str, address: str, *flags: str) -> subprocess.Popen:
+    with open(work / "search.log", "wb") as log:
+        return subprocess.Popen(
+            [*KTG, "search", "--nodes", "2", "--study", "retry", "--storage", url, "--out", str(work / "out"),
+             *TINY_MODELS, "--gates", "through,linear", "--max-retries", "2", "--ray-address", address, *flags],
+            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def running_with(url: str, epochs: int, count: int) -> bool:
+    """Whether ``count`` trials are running, each past ``epochs`` epochs (so with a checkpoint)."""
+    trials = study_trials(url, "retry")
+    return sum(1 for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= epochs) >= count
+
+
+@pytest.fixture(scope="module")
+def killed_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) -> SimpleNamespace:
+    """One node; trial 0's worker SIGKILLed in mid-run, trial 1 poisoned to NaN."""
+    work = tmp_path_factory.mktemp("retries")
+    url = f"sqlite:///{work / 'db.sqlite'}"
+    env = cluster_env(ray_tmp, work, **nan_fault_env(POISONED))
+    head, address = start_head(work, env, cpus=1)
+    search = None
+    try:
+        search = start_search(work, env, url, address, "--trials", "2", "--epochs", str(EPOCHS), "--workers", "1")
+        wait_for(lambda: running_with(url, KILL_AFTER, 1), "trial 0 in mid-run", [search, head])
+        workers = trial_workers(address, env)
+        assert len(workers) == 1, workers  # one trial at a time (--workers 1): trial 0's
+        killed_at = len(study_trials(url, "retry")[0].intermediate_values)
+        os.kill(workers[0][0], signal.SIGKILL)
+        rc = search.wait(timeout=900)
+    finally:
+        if search is not None:
+            reap_session(search.pid)
+        reap_session(head.pid)
+    return SimpleNamespace(rc=rc, log=(work / "search.log").read_text(), out=work / "out", killed_at=killed_at,
+                           study=optuna.load_study(study_name="retry", storage=sqlalchemy_url(url)))
+
+
+@pytest.fixture(scope="module")
+def lost_node_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) -> SimpleNamespace:
+    """Two nodes of one CPU each, one trial on each; the second node is killed in mid-search."""
+    work = tmp_path_factory.mktemp("lost-node")
+    url = f"sqlite:///{work / 'db.sqlite'}"
+    env = cluster_env(ray_tmp, work)
+    head, address = start_head(work, env, cpus=1)
+    node = search = None
+    try:
+        node = join_node(work, env, address, cpus=1)
+        wait_for(lambda: len(alive_nodes(address, env)) == 2, "the second node", [head, node], timeout=120)
+        second = next(nid for nid, is_head in alive_nodes(address, env).items() if not is_head)
+        search = start_search(work, env, url, address, "--trials", "4", "--epochs", "6", "--workers", "2")
+        wait_for(lambda: running_with(url, 1, 2), "a trial on each node", [search, head, node])
+        on_second = [pid for pid, nid in trial_workers(address, env) if nid == second]
+        assert len(on_second) == 1, trial_workers(address, env)
+        running = {t.number for t in study_trials(url, "retry") if t.state == TrialState.RUNNING}
+        reap_session(node.pid)  # the node leaves: its raylet, its workers, all at once
+        rc = search.wait(timeout=900)
+    finally:
+        for proc in (search, node, head):
+            if proc is not None:
+                reap_session(proc.pid)
+    return SimpleNamespace(rc=rc, log=(work / "search.log").read_text(), running=running,
+                           study=optuna.load_study(study_name="retry", storage=sqlalchemy_url(url)))
+
+
+def test_the_search_survives_a_killed_worker(killed_search: SimpleNamespace) -> None:
+    assert killed_search.rc == 0, killed_search.log[-4000:]
+    assert KILL_AFTER <= killed_search.killed_at < EPOCHS
+
+
+def test_the_killed_trial_resumes_from_its_checkpoint_as_if_never_stopped(killed_search: SimpleNamespace) -> None:
+    trial = killed_search.study.trials[0]
+    assert trial.state == TrialState.COMPLETE, trial
+    assert trial.user_attrs["retries"] == 1
+    assert "error" not in trial.user_attrs
+    assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1)) and trial.user_attrs["epochs_done"] == EPOCHS
+    # Tune restarted it from its checkpoint, not from scratch: epoch 1 ran once, at most one epoch twice.
+    epochs = result_epochs(killed_search.out, 0)
+    assert epochs.count(1) == 1 and sorted(set(epochs)) == list(range(1, EPOCHS + 1)) and len(epochs) <= EPOCHS + 1
+    # The same numbers as an uninterrupted run of its graph (one thread, as the trial ran).
+    spec = SearchSpec.model_validate(killed_search.study.user_attrs[STUDY_ATTR_SPEC])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = train_graph(Graph.from_dict(trial.user_attrs["graph"]), spec.data_spec().load(),
+                            recipe=spec.recipe(), seed=spec.seed, accel=Accel.resolve("cpu"), evaluate_test=False,
+                            teachers=TeacherCache(spec.data_spec(), killed_search.out / "teachers", quiet=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert [trial.intermediate_values[e] for e in range(1, EPOCHS + 1)] == whole.nodes[1].val_acc
+
+
+def test_a_nan_trial_fails_at_once_and_is_never_retried(killed_search: SimpleNamespace) -> None:
+    trial = killed_search.study.trials[POISONED]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["error"].startswith("NonFiniteLoss: node 1: loss became NaN or inf in epoch 1")
+    assert "retries" not in trial.user_attrs and trial.intermediate_values == {}
+    assert result_epochs(killed_search.out, POISONED) == [0]  # one result: the error, from one run
+
+
+def test_a_lost_nodes_trial_moves_to_the_head_and_finishes(lost_node_search: SimpleNamespace) -> None:
+    assert lost_node_search.rc == 0, lost_node_search.log[-4000:]
+    trials = lost_node_search.study.trials
+    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), trials
+    retried = [t for t in trials if "retries" in t.user_attrs]
+    assert [t.user_attrs["retries"] for t in retried] == [1], retried  # the lost node's trial, once
+    assert retried[0].number in lost_node_search.running
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_done"] + 1))
