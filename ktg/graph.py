@@ -115,15 +115,18 @@ class Graph:
         edges = tuple(e for e in self.edges if e.target in keep and e.gate != "cutoff")
         return Graph(tuple(n for n in self.nodes if n.id in keep), edges)
 
-    def training_key(self, node_id: int) -> str:
-        """A string equal for two graphs exactly when they train ``node_id`` the same way:
-        its :meth:`upstream_of`, with each gate that equals another written as that one
-        (``correct`` on a loss with no correct-mask, such as ``ce``, is ``through``)."""
+    def training_graph(self, node_id: int) -> Graph:
+        """The smallest graph that trains ``node_id`` exactly as this one does: its
+        :meth:`upstream_of`, each gate that equals another written as that one (``correct``
+        on a loss with no correct-mask, such as ``ce``, is ``through``), edges in one order."""
         up = self.upstream_of(node_id)
-        edges = tuple(replace(e, gate="through") if e.gate == "correct" and EDGE_LOSSES[e.loss].correct_mask == "none"
-                      else e for e in up.edges)
-        body = replace(up, edges=tuple(sorted(edges, key=lambda e: (e.target, e.source, e.loss)))).to_dict()
-        return json.dumps(body, sort_keys=True)
+        edges = [replace(e, gate="through") if e.gate == "correct" and EDGE_LOSSES[e.loss].correct_mask == "none"
+                 else e for e in up.edges]
+        return replace(up, edges=tuple(sorted(edges, key=lambda e: (e.target, e.source, e.loss))))
+
+    def training_key(self, node_id: int) -> str:
+        """A string equal for two graphs exactly when they train ``node_id`` the same way."""
+        return json.dumps(self.training_graph(node_id).to_dict(), sort_keys=True)
 
     # -- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -49,7 +49,9 @@ def train_trial(config: dict[str, Any]) -> None:
     from ktg.trainer import train_graph
 
     spec = SearchSpec.model_validate(config["spec"])
-    graph = Graph.from_dict(config["graph"])
+    # Only node 1's accuracy is searched, and only the nodes upstream of it decide it: the
+    # rest of the drawn graph would cost compute and change nothing the study records.
+    graph = Graph.from_dict(config["graph"]).training_graph(TARGET_NODE)
     torch.set_num_threads(max(1, int(config["cpus"])))
     resume, reported = _start(graph, spec, config.get(TWIN))
     if reported == spec.epochs:

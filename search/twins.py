@@ -10,13 +10,13 @@ holds, per graph, the trial that got furthest: its number and its values.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from ktg.graph import TARGET_NODE, Graph
 from search.storage import ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SKIPPED
 
 
@@ -29,7 +29,9 @@ class Twin:
 
 
 def graph_key(graph: dict[str, Any]) -> str:
-    return json.dumps(graph, sort_keys=True)
+    """Graphs that train the target alike are twins, however they differ elsewhere
+    (a trial trains only ``Graph.training_graph(TARGET_NODE)``: see ``search.trial``)."""
+    return Graph.from_dict(graph).training_key(TARGET_NODE)
 
 
 def leading_values(by_epoch: dict[int, float]) -> tuple[float, ...]:
