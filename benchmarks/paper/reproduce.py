@@ -416,10 +416,18 @@ def conclusion(report: dict[str, Any], s: Scale) -> list[str]:
             if d is None:
                 out.append(f"- `{name}` vs `{base}`: no paired result (a job failed).")
                 continue
-            verdict = ("beats it beyond seed noise" if d.low > 0 else "loses to it beyond seed noise") \
-                if d.excludes_zero else "is not distinguishable from it at this number of seeds"
+            if d.low == d.high == 0:
+                verdict = "trains node 1 exactly as it does, seed by seed (the same graph upstream of node 1)"
+            elif d.excludes_zero:
+                verdict = "beats it beyond seed noise" if d.low > 0 else "loses to it beyond seed noise"
+            else:
+                verdict = "is not distinguishable from it at this number of seeds"
             out.append(f"- `{name}` vs `{base}`: {pp(d.mean)} pp, 95 % CI [{pp(d.low)}, {pp(d.high)}]: {verdict}.")
-    d = paired(report, "searched-2n", "digits-2n")
+    d, through = paired(report, "searched-2n", "digits-2n"), paired(report, "digits-2n", "digits-2n-through")
+    if through is not None:
+        effect = ("costs" if through.mean < 0 else "gains") if through.excludes_zero else "changes, within noise,"
+        out.append(f"- Setting every gate of the transferred graph to `through` {effect} {pp(through.mean)} pp "
+                   f"(CI [{pp(through.low)}, {pp(through.high)}]): the gates are part of what transfers.")
     if d is not None:
         verdict = "within noise of" if not d.excludes_zero else ("better than" if d.low > 0 else "worse than")
         out.append(f"- The graph searched on digits and re-used on Fashion-MNIST is {verdict} the graph searched in "
