@@ -378,9 +378,11 @@ def write_page(s: Scale, smoke: bool, storage: str, report: dict[str, Any], top_
         vals = [t.value for t in trials]
         tests = [g["test_acc_mean"] for g in top_report["graphs"]]
         ok = [(v, t) for v, t in zip(vals, tests, strict=False) if t is not None]
-        rho = spearmanr(*zip(*ok, strict=True)).statistic if len(ok) >= 3 else None
+        distinct = len(set(ok)) > 1
+        rho = spearmanr(*zip(*ok, strict=True)).statistic if len(ok) >= 3 and distinct else None
         lines += ["", f"Validation vs test over the top {len(ok)} graphs of the 2-node search, re-trained with "
-                  f"{s.top_k_seeds} seed(s): Spearman ρ = {'-' if rho is None else f'{rho:.2f}'}.", "",
+                  f"{s.top_k_seeds} seed(s): Spearman ρ = "
+                  f"{'undefined (the graphs tie)' if rho is None or math.isnan(rho) else f'{rho:.2f}'}.", "",
                   "| rank | search val acc % | re-trained test acc % |", "|---|---|---|"]
         for i, (v, t) in enumerate(zip(vals, tests, strict=False), 1):
             lines.append(f"| {i} | {100 * v:.2f} | {'-' if t is None else f'{100 * t:.2f}'} |")
@@ -425,9 +427,9 @@ def conclusion(report: dict[str, Any], s: Scale) -> list[str]:
             out.append(f"- `{name}` vs `{base}`: {pp(d.mean)} pp, 95 % CI [{pp(d.low)}, {pp(d.high)}]: {verdict}.")
     d, through = paired(report, "searched-2n", "digits-2n"), paired(report, "digits-2n", "digits-2n-through")
     if through is not None:
-        effect = ("costs" if through.mean < 0 else "gains") if through.excludes_zero else "changes, within noise,"
-        out.append(f"- Setting every gate of the transferred graph to `through` {effect} {pp(through.mean)} pp "
-                   f"(CI [{pp(through.low)}, {pp(through.high)}]): the gates are part of what transfers.")
+        effect = "beyond seed noise" if through.excludes_zero else "within seed noise"
+        out.append(f"- Setting every gate of the transferred graph to `through` changes node 1 by {pp(through.mean)} "
+                   f"pp (CI [{pp(through.low)}, {pp(through.high)}]), {effect}.")
     if d is not None:
         verdict = "within noise of" if not d.excludes_zero else ("better than" if d.low > 0 else "worse than")
         out.append(f"- The graph searched on digits and re-used on Fashion-MNIST is {verdict} the graph searched in "
