@@ -12,7 +12,8 @@ back with Optuna or ``ktg export``. Where each part lives: ``search.spec``
 (what a search is), ``search.space`` (the graphs it draws), ``search.driver``
 (the run, in the driver process), ``search.searcher`` (Tune's searcher over the
 study), ``search.trial`` (one trial, in a Ray worker), ``search.study`` and
-``search.storage`` (the study's storage rules).
+``search.storage`` (the study's storage rules), ``search.twins`` (a graph drawn
+again continues its twin), ``search.trial_checkpoints`` (which trial checkpoints stay).
 
 ``import search`` stays light (no torch, no Ray): the API's processes import
 ``search.storage`` alone; what ``run`` needs is imported when it runs.
