@@ -153,11 +153,11 @@ def run_search_command(args: argparse.Namespace) -> int:
         storage = open_storage(url)
         name = args.study or given.get("name")
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
+        schedule = asha_schedule(spec)
     else:  # checked before the storage is touched: bad input leaves nothing behind, not even an empty file
         spec = build_spec(args, None, given)
-        asha_schedule(spec)  # reads the data (cached): a missing dataset leaves nothing behind either
+        schedule = asha_schedule(spec)  # reads the data: a missing dataset leaves nothing behind either
         storage = open_storage(url)
-    schedule = asha_schedule(spec)
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
               f"{spec.epochs} epochs on {spec.dataset}; search space {describe_size(space_size(spec))} graphs")

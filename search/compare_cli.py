@@ -34,8 +34,6 @@ def _check(args: argparse.Namespace) -> None:
                                  ("--threads-per-job", args.threads_per_job, 1)):
         if value < minimum:
             raise KtgError(f"{flag}: got {value}; allowed: an integer >= {minimum}")
-    if len(args.graphs) < 1:
-        raise KtgError("GRAPH: none given; allowed: one or more ktg-graph/1 files")
 
 
 def _load_graphs(paths: list[str], names: list[str]) -> tuple[list[dict[str, Any] | None], dict[str, str]]:

@@ -35,16 +35,10 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
 
     With one pair the interval is unbounded: one seed says nothing about noise.
     """
-    from scipy.stats import t
-
     if len(a) != len(b) or not a:
         raise ValueError(f"paired samples need equal, non-zero lengths (got {len(a)} and {len(b)})")
-    diffs = [y - x for x, y in zip(a, b, strict=True)]
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return PairedDifference(mean, -math.inf, math.inf, len(diffs))
-    half = float(t.ppf(0.5 + confidence / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return PairedDifference(mean, mean - half, mean + half, len(diffs))
+    mean, half = mean_interval([y - x for x, y in zip(a, b, strict=True)], confidence)
+    return PairedDifference(mean, mean - half, mean + half, len(a))
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
