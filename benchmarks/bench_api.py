@@ -211,7 +211,7 @@ def main() -> int:
             log = open(data_dir / "serve.log", "wb")  # the server process writes to it
             server = subprocess.Popen([sys.executable, "-m", "api.server", "--port", str(port)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            _wait_healthy(port, server)
+            wait_healthy(port, server)
             path = f"/v1/studies/{study_id}"
             print(f"GET /v1/studies/{{id}} ({args.trials} trials, study running, its Ray job RUNNING): "
                   f"{args.clients} concurrent keep-alive clients on loopback, {args.seconds:.0f} s each after "
@@ -235,7 +235,7 @@ def main() -> int:
     return 0
 
 
-def _wait_healthy(port: int, server: subprocess.Popen[bytes]) -> None:
+def wait_healthy(port: int, server: subprocess.Popen[bytes]) -> None:
     import urllib.request
 
     deadline = time.monotonic() + 120

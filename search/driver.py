@@ -110,8 +110,6 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
         abandoned = searcher.abandon_live()
     if abandoned:  # Tune swallows Ctrl-C and returns: say it was an interruption
         raise KeyboardInterrupt
-    if searcher.error is not None:
-        raise searcher.error
     return tally
 
 

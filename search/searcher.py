@@ -19,14 +19,14 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
-from ktg.errors import KtgError
-from search.space import sample_graph
+from search.space import repaired, sample_graph
 from search.spec import SearchSpec
 from search.storage import (
     ATTR_CONTINUED_FROM,
     ATTR_EPOCHS,
     ATTR_ERROR,
     ATTR_GRAPH,
+    ATTR_REPAIR_OF,
     ATTR_RETRIES,
     ATTR_SEED,
     ATTR_SKIPPED,
@@ -35,11 +35,6 @@ from search.study import interrupt_trial
 from search.trial import ERROR, METRIC, TWIN
 from search.trial_checkpoints import CheckpointBook, Outcome
 from search.twins import Twin, Twins
-
-# Untrainable draws in a row after which the search gives up: at the smallest chance
-# of a trainable draw a spec allows (1/4 per draw: 2 nodes, gates through/cutoff),
-# 100 in a row happen once in 10^12 searches; TPE only ever raises that chance.
-MAX_SKIPS_IN_A_ROW = 100
 
 
 @dataclass
@@ -73,7 +68,8 @@ class GraphSearcher(Searcher):
     (not COMPLETE) and errored/NaN trials as FAIL (never left RUNNING).
     ``worker_config`` is the machine's part of every trial's config (teacher
     cache, device, CPUs), merged into what ``search.trial.train_trial`` gets.
-    Untrainable draws are recorded (``skipped``) but not counted; a re-drawn
+    Untrainable draws are recorded (``skipped``) but not counted, and their
+    repair is drawn next (``search.space.repaired``); a re-drawn
     graph continues its twin (``search.twins``); each epoch is recorded once
     however often Tune restarts a trial (``retries``); and when a trial ends,
     ``book`` decides whether its checkpoint stays (``search.trial_checkpoints``).
@@ -86,8 +82,6 @@ class GraphSearcher(Searcher):
         self.book = book or CheckpointBook(spec.keep_best, checkpoint_budget(spec))
         self.twins = twins or Twins()
         self.issued = 0  # trainable graphs handed to Ray: what the budget counts
-        self.skips_in_a_row = 0
-        self.error: KtgError | None = None  # why the searcher stopped drawing early, raised by the driver
         self.live: dict[str, optuna.Trial] = {}
         self.graphs: dict[str, dict[str, Any]] = {}  # Tune trial id -> the graph it trains
         self.continuing: dict[str, tuple[Twin, bool]] = {}  # Tune trial id -> (its twin, twin's checkpoint pinned)
@@ -120,14 +114,9 @@ class GraphSearcher(Searcher):
                 self.study.tell(trial, state=TrialState.FAIL)
                 del self.live[trial_id]
                 self.tally.skipped += 1
-                self.skips_in_a_row += 1
-                if self.skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                    self.error = KtgError(f"search: {MAX_SKIPS_IN_A_ROW} graphs in a row could not be trained "
-                                          f"({skipped}); allowed: a space with trainable graphs, e.g. fewer "
-                                          "'cutoff' in --gates")
-                    return self.FINISHED
+                # The next ask pops this repair (search.space.repaired), so draws never loop.
+                self.study.enqueue_trial(repaired(trial.params, self.spec), user_attrs={ATTR_REPAIR_OF: trial.number})
                 continue
-            self.skips_in_a_row = 0
             self.issued += 1
             self.tally.running += 1
             self.graphs[trial_id] = graph

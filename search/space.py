@@ -43,6 +43,19 @@ def sample_graph(trial: optuna.Trial, spec: SearchSpec) -> tuple[dict, str | Non
     return graph, None
 
 
+def repaired(params: dict[str, object], spec: SearchSpec) -> dict[str, object]:
+    """An untrainable draw's nearest trainable graph: the same draw with the target's label edge opened.
+
+    TPE ignores FAIL trials, so a posterior that favours cutting off every edge
+    into the target would draw that graph again and again (a 2-node resume did
+    100 times in a row). Queuing this repair as the next draw ends the loop: it
+    trains, and TPE learns from it. Opening the label edge (plain supervised
+    training of the target, with the first open gate) changes one parameter.
+    """
+    opened = next(g for g in spec.gates if g != "cutoff")  # the spec refuses gates of only 'cutoff'
+    return {**params, f"gate_{LABEL_NODE}_{TARGET_NODE}": opened}
+
+
 def space_size(spec: SearchSpec) -> int:
     """The number of distinct graphs: models^(M-1) x label gates x non-label edge options.
 

@@ -34,6 +34,7 @@ ATTR_GRAPH = "graph"
 ATTR_SEED = "seed"
 ATTR_EPOCHS = "epochs_done"
 ATTR_SKIPPED = "skipped"          # sampled but never trained (e.g. frozen target)
+ATTR_REPAIR_OF = "repair_of"      # the skipped draw whose nearest trainable graph this trial is
 ATTR_INTERRUPTED = "interrupted"  # was RUNNING when its driver died; re-queued on resume
 ATTR_ERROR = "error"              # why a trial that raised or went NaN failed
 ATTR_RETRIES = "retries"          # times Tune restarted it from its checkpoint after its process died

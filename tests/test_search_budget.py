@@ -3,8 +3,8 @@
 A draw whose target would be frozen is FAIL with ``skipped`` and does not use up
 the budget, on a first run and on ``--resume``, in the search's own count, in
 ``search.storage`` and in the API's SQL counts. A space with nothing trainable
-is refused up front, and a run of untrainable draws ends the search with a clear
-error instead of an endless loop.
+is refused up front, and an untrainable draw is followed by its repair, so a
+sampler stuck on one never loops.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from ktg.errors import KtgError
-from search.searcher import MAX_SKIPS_IN_A_ROW, GraphSearcher, Tally
+from search.searcher import GraphSearcher, Tally
 from search.spec import SearchSpec, spec_error_lines
 from search.storage import counted, finished_count, open_storage, trial_counts
 from search.study_queries import study_figures
@@ -41,19 +40,24 @@ def test_only_cutoff_gates_are_refused_by_field() -> None:
     SearchSpec(name="s", nodes=2, trials=2, gates=["cutoff", "through"])  # a mix is fine
 
 
-def test_untrainable_draws_in_a_row_stop_the_searcher() -> None:
-    """No endless loop: the searcher stops drawing and says why (what the driver raises)."""
-    spec = SearchSpec.model_construct(**{**SearchSpec(name="s", nodes=2, trials=3).model_dump(), "gates": ["cutoff"]})
+def test_an_untrainable_draw_is_followed_by_its_repair() -> None:
+    """TPE ignores FAIL trials and can draw the same frozen graph forever; the repair breaks that loop."""
+    spec = SearchSpec(name="s", nodes=2, trials=3, gates=["cutoff", "linear", "through"])
     study = optuna.create_study(direction="maximize")
+    frozen = {"model_2": spec.models[0], "gate_0_1": "cutoff", "gate_2_1": "cutoff",
+              "gate_0_2": "through", "gate_1_2": "cutoff"}
+    study.enqueue_trial(frozen)  # the draw a stuck posterior keeps making
     searcher = GraphSearcher(study, spec, Tally(budget=3, done_before=0), worker_config={})
-    assert searcher.suggest("t0") == GraphSearcher.FINISHED
-    assert isinstance(searcher.error, KtgError)
-    assert f"{MAX_SKIPS_IN_A_ROW} graphs in a row could not be trained" in str(searcher.error)
-    trials = study.get_trials()
-    assert len(trials) == MAX_SKIPS_IN_A_ROW
-    assert all(t.state == TrialState.FAIL and "frozen" in t.user_attrs["skipped"] for t in trials)
-    assert not any(counted(t) for t in trials) and finished_count(study) == 0
-    assert searcher.tally.skipped == MAX_SKIPS_IN_A_ROW and searcher.tally.finished == 0
+    config = searcher.suggest("t0")
+    assert isinstance(config, dict)
+    first, second = study.get_trials()
+    assert first.state == TrialState.FAIL and "frozen" in first.user_attrs["skipped"] and not counted(first)
+    # One parameter changed: the target's label edge, opened with the first open gate listed.
+    assert second.params == {**frozen, "gate_0_1": "linear"} and second.user_attrs["repair_of"] == first.number
+    assert config["trial_number"] == second.number
+    assert [(e["source"], e["target"], e["gate"]) for e in config["graph"]["edges"]] == [(0, 1, "linear"),
+                                                                                        (0, 2, "through")]
+    assert searcher.tally.skipped == 1 and searcher.issued == 1
 
 
 @pytest.mark.slow

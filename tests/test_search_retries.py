@@ -49,11 +49,17 @@ def free_port() -> int:
 
 
 def cluster_env(ray_tmp: Path, work: Path, **extra: str) -> dict[str, str]:
-    """Every process of the test cluster: its own Ray temp root and its own auth token."""
+    """Every process of the test cluster: its own Ray temp root and its own auth token.
+
+    A lost node is declared dead after 3 missed 1 s health checks (Ray's default is
+    5 of 3 s): until then Ray still counts its CPU, and a restart placed there would
+    fail again and spend a second retry.
+    """
     token = work / "auth_token"
     if not token.exists():
         token.write_text(uuid.uuid4().hex)
-    return ktg_env(ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), **extra)
+    return ktg_env(ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_health_check_period_ms="1000",
+                   RAY_health_check_failure_threshold="3", **extra)
 
 
 def start_head(work: Path, env: dict[str, str], cpus: int) -> tuple[subprocess.Popen, str]:
@@ -185,10 +191,13 @@ def lost_node_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) ->
         second = next(nid for nid, is_head in alive_nodes(address, env).items() if not is_head)
         search = start_search(work, env, url, address, "--trials", "4", "--epochs", "6", "--workers", "2")
         wait_for(lambda: running_with(url, 1, 2), "a trial on each node", [search, head, node])
+        # Tune reuses each worker for the next trial, so the second node's stays; asking
+        # the state API takes seconds, in which trials end: ask first, then wait again.
         on_second = [pid for pid, nid in trial_workers(address, env) if nid == second]
         assert len(on_second) == 1, trial_workers(address, env)
+        wait_for(lambda: running_with(url, 1, 2), "a trial on each node, again", [search, head, node])
         running = {t.number for t in study_trials(url, "retry") if t.state == TrialState.RUNNING}
-        reap_session(node.pid)  # the node leaves: its raylet, its workers, all at once
+        reap_session(node.pid)  # the node leaves, in mid-trial: its raylet, its workers, all at once
         rc = search.wait(timeout=900)
     finally:
         for proc in (search, node, head):
@@ -236,7 +245,9 @@ def test_a_nan_trial_fails_at_once_and_is_never_retried(killed_search: SimpleNam
 def test_a_lost_nodes_trial_moves_to_the_head_and_finishes(lost_node_search: SimpleNamespace) -> None:
     assert lost_node_search.rc == 0, lost_node_search.log[-4000:]
     trials = lost_node_search.study.trials
-    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), trials
+    outcomes = [(t.number, t.state.name, t.user_attrs.get("retries"), t.user_attrs.get("error")) for t in trials]
+    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), (
+        f"{outcomes}\n{lost_node_search.log[-3000:]}")
     retried = [t for t in trials if "retries" in t.user_attrs]
     assert [t.user_attrs["retries"] for t in retried] == [1], retried  # the lost node's trial, once
     assert retried[0].number in lost_node_search.running
