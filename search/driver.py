@@ -137,6 +137,10 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from search.tune_patches import ignore_stale_actor_failures
+
+    ignore_stale_actor_failures()  # a lost node's trial is retried, not failed (search.tune_patches)
+
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=spec.epochs,
                               grace_period=asha_schedule(spec).grace, reduction_factor=spec.reduction_factor)
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}

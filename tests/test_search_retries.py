@@ -39,6 +39,7 @@ from tests.search_helpers import KTG, TINY_MODELS, ktg_env, nan_fault_env, reap_
 pytestmark = pytest.mark.slow
 
 EPOCHS, KILL_AFTER, POISONED = 8, 2, 1
+LOST_NODE_TRIALS = 8
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -147,10 +148,12 @@ def start_search(work: Path, env: dict[str, str], url: str, address: str, *flags
             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def running_with(url: str, epochs: int, count: int) -> bool:
-    """Whether ``count`` trials are running, each past ``epochs`` epochs (so with a checkpoint)."""
+def running_with(url: str, epochs: int, count: int, to_come: int = 0) -> bool:
+    """Whether ``count`` trials are running, each past ``epochs`` epochs (so with a checkpoint),
+    and at least ``to_come`` trials of the lost-node search have not started yet."""
     trials = study_trials(url, "retry")
-    return sum(1 for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= epochs) >= count
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= epochs)
+    return running >= count and (not to_come or len(trials) <= LOST_NODE_TRIALS - to_come)
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +192,15 @@ def lost_node_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) ->
         node = join_node(work, env, address, cpus=1)
         wait_for(lambda: len(alive_nodes(address, env)) == 2, "the second node", [head, node], timeout=120)
         second = next(nid for nid, is_head in alive_nodes(address, env).items() if not is_head)
-        search = start_search(work, env, url, address, "--trials", "4", "--epochs", "6", "--workers", "2")
-        wait_for(lambda: running_with(url, 1, 2), "a trial on each node", [search, head, node])
-        # Tune reuses each worker for the next trial, so the second node's stays; asking
-        # the state API takes seconds, in which trials end: ask first, then wait again.
-        on_second = [pid for pid, nid in trial_workers(address, env) if nid == second]
-        assert len(on_second) == 1, trial_workers(address, env)
-        wait_for(lambda: running_with(url, 1, 2), "a trial on each node, again", [search, head, node])
+        search = start_search(work, env, url, address, "--trials", str(LOST_NODE_TRIALS), "--epochs", "6",
+                              "--workers", "2")
+        # Tune reuses each worker for the next trial, so the second node's stays. Asking
+        # the state API takes seconds, in which short trials end: ask it first, then kill
+        # right after the study shows both slots in mid-trial with trials still to come.
+        wait_for(lambda: any(nid == second for _, nid in trial_workers(address, env)), "a worker on the second node",
+                 [search, head, node])
+        wait_for(lambda: running_with(url, 1, 2, to_come=2), "a trial in mid-run on each node",
+                 [search, head, node])
         running = {t.number for t in study_trials(url, "retry") if t.state == TrialState.RUNNING}
         reap_session(node.pid)  # the node leaves, in mid-trial: its raylet, its workers, all at once
         rc = search.wait(timeout=900)
@@ -246,7 +251,7 @@ def test_a_lost_nodes_trial_moves_to_the_head_and_finishes(lost_node_search: Sim
     assert lost_node_search.rc == 0, lost_node_search.log[-4000:]
     trials = lost_node_search.study.trials
     outcomes = [(t.number, t.state.name, t.user_attrs.get("retries"), t.user_attrs.get("error")) for t in trials]
-    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), (
+    assert len(trials) == LOST_NODE_TRIALS and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), (
         f"{outcomes}\n{lost_node_search.log[-3000:]}")
     retried = [t for t in trials if "retries" in t.user_attrs]
     assert [t.user_attrs["retries"] for t in retried] == [1], retried  # the lost node's trial, once
