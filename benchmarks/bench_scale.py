@@ -53,7 +53,7 @@ def search_command(args: argparse.Namespace, storage: str, out: Path) -> list[st
     return [sys.executable, "-m", "ktg.cli", "search", "--nodes", str(args.nodes), "--trials", str(args.trials),
             "--study", f"{TENANT}.{NAME}", "--storage", storage, "--out", str(out), "--workers", str(args.workers),
             "--dataset", "synthetic", "--train-size", str(args.train_size), "--epochs", str(args.epochs),
-            "--target-model", args.model, "--models", args.model, "--batch-size", "100", "--warmup-steps", "0"]
+            "--target-model", args.model, "--models", args.model, "--batch-size", str(args.batch_size), "--warmup-steps", "0"]
 
 
 def run_search(args: argparse.Namespace, storage: str, out: Path) -> tuple[float, int, int]:
@@ -226,7 +226,8 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--train-size", type=int, default=200)
+    parser.add_argument("--train-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--model", default="resnet8")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of API load per endpoint")
     parser.add_argument("--out", type=Path, help="the search's output folder (default: a temporary one)")
