@@ -198,6 +198,10 @@ def report(args: argparse.Namespace, storage: str, out: Path, wall: float, rc: i
               f"{len(trained) - WINDOW + 1}-{len(trained)}: {late:.2f} s/trial;  x{late / early:.2f}")
         print(f"  in-trial seconds   trials 1-{WINDOW}: {sum(inside.get(t.number, 0) for t in first) / WINDOW:.2f}"
               f" s/trial;  last {WINDOW}: {sum(inside.get(t.number, 0) for t in last) / WINDOW:.2f} s/trial")
+        windows = [trained[i:i + WINDOW] for i in range(0, len(trained) - WINDOW + 1, WINDOW)]
+        print(f"  per {WINDOW} trials     orchestration "
+              + " ".join(f"{orchestration(w, inside, args.workers):.2f}" for w in windows)
+              + "  |  in-trial " + " ".join(f"{sum(inside.get(t.number, 0) for t in w) / len(w):.2f}" for w in windows))
     print(f"  driver peak RSS    {peak / 2**20:8.0f} MiB")
     print(f"  database           {database_size(storage) / 2**20:8.1f} MiB")
     size, files = folder_size(out / "ray")

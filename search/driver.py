@@ -93,6 +93,9 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     """
     # Ray's own console reporter would fight our live display; the legacy one is silent at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's per-trial CSV and TensorBoard logs (a thread and files per trial, copied with
+    # the experiment folder) repeat what the study records; its JSON log stays (_tuner).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     options.out_dir.mkdir(parents=True, exist_ok=True)
     tally = Tally(budget=spec.trials, done_before=finished_count(study))
     if tally.done_before >= spec.trials:
@@ -135,6 +138,7 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
            workers: int) -> Any:
     """Tune's ``Tuner``: the trainable on its resources, ASHA over epochs, the searcher, retries."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     from search.tune_patches import ignore_stale_actor_failures
@@ -150,9 +154,10 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
                                     max_concurrent_trials=workers, reuse_actors=True),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(experiment_dir(spec, options).parent),
-                                  verbose=0, callbacks=callbacks,
-                                  # The latest checkpoint per trial; search.trial_checkpoints keeps fewer.
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  verbose=0, callbacks=[*callbacks, JsonLoggerCallback()],
+                                  # No num_to_keep: with it Tune copies the whole experiment folder after
+                                  # every checkpoint; the searcher drops old ones (search.trial_checkpoints).
+                                  checkpoint_config=tune.CheckpointConfig(),
                                   # A lost worker is retried from its checkpoint; a trial's own
                                   # error ends it with a result instead (search.trial), never retried.
                                   failure_config=tune.FailureConfig(max_failures=spec.max_retries)),

@@ -33,7 +33,7 @@ from search.storage import (
 )
 from search.study import interrupt_trial
 from search.trial import ERROR, METRIC, TWIN
-from search.trial_checkpoints import CheckpointBook, Outcome
+from search.trial_checkpoints import CheckpointBook, Outcome, drop_older_checkpoints
 from search.twins import Twin, Twins
 
 
@@ -148,6 +148,9 @@ class GraphSearcher(Searcher):
         trial = self.live.get(trial_id)
         if trial is not None:
             self._record(trial, result)
+        tune_trial = self.tune_trials.get(trial_id)
+        if tune_trial is not None and tune_trial.path:
+            drop_older_checkpoints(Path(tune_trial.path))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         trial = self.live.get(trial_id)
@@ -193,6 +196,8 @@ class GraphSearcher(Searcher):
         twin, pinned = self.continuing.pop(trial_id, (None, False))
         if twin is not None and pinned:
             self.book.unpin(twin.number)
+        if trial_dir is not None:
+            drop_older_checkpoints(trial_dir, keep=1)  # ended: its last result is in, its last checkpoint is all
         self.book.ended(number, outcome, trial_dir, value)
         if outcome == "fail" or graph is None:
             return

@@ -9,7 +9,6 @@ too where they are installed, and checked against a plain numpy parse.
 from __future__ import annotations
 
 import gzip
-import struct
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,46 +20,23 @@ from ktg.data import Augment, DeviceBatches, load_dataset
 from ktg.data.mnist import DATASETS, DEBIAN_FASHION_MNIST, read_idx_dataset
 from ktg.errors import KtgError
 from ktg.models import build_model
+from tests.idx_files import FILES, idx_images, idx_labels, write, write_split
 
 NAMES = ["fashionmnist", "mnist", "kmnist"]
 FOLDER = {"fashionmnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
-FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 SIZES = {"train": 60, "test": 20}
-
-
-def idx_images(images: np.ndarray) -> bytes:
-    n, rows, cols = images.shape
-    return struct.pack(">IIII", 2051, n, rows, cols) + images.astype(np.uint8).tobytes()
-
-
-def idx_labels(labels: np.ndarray) -> bytes:
-    return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
-
-
-def write(path: Path, data: bytes, gz: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-    return path
 
 
 def write_idx_set(folder: Path, gz: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """The four files of a tiny set in ``folder``; returns the arrays written."""
     rng = np.random.default_rng(seed)
     ref: dict[str, np.ndarray] = {}
-    for split, (images_file, labels_file) in FILES.items():
+    for split in FILES:
         n = SIZES[split]
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = np.arange(n) % 10
         rng.shuffle(labels)
-        write(folder / images_file, idx_images(images), gz)
-        write(folder / labels_file, idx_labels(labels), gz)
+        write_split(folder, split, images, labels, gz)
         ref[f"{split}_x"], ref[f"{split}_y"] = images, labels
     return ref
 

@@ -26,7 +26,7 @@ from ktg.recipe import Recipe
 from ktg.run_state import RunState
 from ktg.teachers import TeacherCache
 from ktg.trainer import RunResult, train_graph
-from search.trial_checkpoints import CheckpointBook, book_of, folder_bytes
+from search.trial_checkpoints import CheckpointBook, book_of, drop_older_checkpoints, folder_bytes
 from tests.conftest import DIGITS_VAL
 from tests.search_helpers import TINY_MODELS, ktg_env, load, run_ktg
 
@@ -194,3 +194,13 @@ def test_a_search_keeps_the_best_checkpoint_only(tmp_path: Path, ray_tmp: Path) 
     frozen = Graph.from_dict(best.user_attrs["graph"]).frozen_ids
     assert sorted(state.weights) == [n for n in (1, 2) if n not in frozen]
     print(f"checkpoint of a 2-node trial: {folder_bytes(left[best.number][0]):,} bytes")
+
+
+def test_a_running_trial_keeps_its_two_newest_checkpoints(tmp_path: Path) -> None:
+    for epoch in range(4):
+        (tmp_path / f"checkpoint_{epoch:06d}").mkdir()
+    (tmp_path / "result.json").write_text("{}")
+    drop_older_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002", "checkpoint_000003", "result.json"]
+    drop_older_checkpoints(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000003", "result.json"]

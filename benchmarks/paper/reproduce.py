@@ -53,6 +53,7 @@ class Scale:
     peers: str  # the other nodes' model choices in the searches
     teacher: str  # KD's frozen, larger teacher
     workers: int = 2
+    data_dir: str | None = None  # Fashion-MNIST's folder (default: where Debian installs it)
 
 
 FULL = Scale(train_size=1000, epochs=15, seeds=5, trials_2n=24, trials_3n=32, trials_source=24, top_k=3,
@@ -94,7 +95,7 @@ def search(name: str, nodes: int, trials: int, dataset: str, s: Scale, storage: 
             "--epochs", str(s.epochs), "--target-model", s.target, "--models", s.peers,
             "--workers", str(s.workers), "--storage", storage, "--out", str(out / name)]
     if dataset != SOURCE_DATASET:
-        args += ["--train-size", str(s.train_size)]
+        args += ["--train-size", str(s.train_size), *data_dir_flag(s)]
     if study_exists(storage, name):
         args.append("--resume")
     ktg(args, log)
@@ -104,8 +105,12 @@ def search(name: str, nodes: int, trials: int, dataset: str, s: Scale, storage: 
 def compare(graphs: dict[str, Path], s: Scale, seeds: int, out: Path, log: list[str]) -> dict[str, Any]:
     ktg(["compare", *map(str, graphs.values()), "--names", ",".join(graphs), "--dataset", DATASET,
          "--train-size", str(s.train_size), "--epochs", str(s.epochs), "--seeds", str(seeds),
-         "--workers", str(s.workers), "--out", str(out), "--resume"], log)
+         "--workers", str(s.workers), "--out", str(out), "--resume", *data_dir_flag(s)], log)
     return json.loads((out / "compare.json").read_text())
+
+
+def data_dir_flag(s: Scale) -> list[str]:
+    return ["--data-dir", s.data_dir] if s.data_dir else []
 
 
 # -- the hand-made graphs, with the searches' target model on node 1 -------------
@@ -273,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/paper", help="studies, compare folders and graphs")
     p.add_argument("--doc", default="docs/results.md", help="the page to write (figures go beside it)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--data-dir", help="Fashion-MNIST's four IDX files (default /usr/share/datasets/fashion-mnist)")
     args = p.parse_args(argv)
-    s = replace(SMOKE if args.smoke else FULL, workers=args.workers)
+    s = replace(SMOKE if args.smoke else FULL, workers=args.workers, data_dir=args.data_dir)
     out, doc = Path(args.out).resolve(), Path(args.doc).resolve()
     out.mkdir(parents=True, exist_ok=True)
     figures = doc.parent / "results"
