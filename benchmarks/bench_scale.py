@@ -18,7 +18,7 @@ them fit in an hour on 2 cores. It prints:
   served by ``ktg serve`` (the study registered in the API's table, as if the API
   had launched it).
 
-Nothing is asserted; the README's Performance section records a run.
+Nothing is asserted; the README's Performance section records a run (docs/results/scale.txt).
 
     .venv/bin/python benchmarks/bench_scale.py --trials 1500 --out runs/scale | tee runs/scale.txt
 """
