@@ -196,43 +196,49 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between a paced client's requests")
     args = parser.parse_args()
 
+    data_dir = Path(tempfile.mkdtemp(prefix="ktg-bench-api-"))
+    with contextlib.ExitStack() as stack:  # left in reverse: the server, the folder, the database
+        storage_url = args.storage or stack.enter_context(throwaway_postgres())
+        stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
+        study_id, study_name = prepare_study(storage_url, data_dir, args.trials)
+        compare_single_reads(storage_url, study_name)
+        port, server = stack.enter_context(serving(storage_url, data_dir, "bench"))
+        path = f"/v1/studies/{study_id}"
+        print(f"GET /v1/studies/{{id}} ({args.trials} trials, study running, its Ray job RUNNING): "
+              f"{args.clients} concurrent keep-alive clients on loopback, {args.seconds:.0f} s each after "
+              f"{args.warmup:.0f} s warm-up, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        for label, interval in (("closed loop (next request as soon as the answer is in)", 0.0),
+                                (f"paced (each client every {args.interval * 1e3:.0f} ms)", args.interval)):
+            cpu_before = cpu_seconds(server.pid)
+            latencies, errors, answered = asyncio.run(load(port, path, args.clients, args.seconds, args.warmup,
+                                                           interval))
+            cpu = (cpu_seconds(server.pid) - cpu_before) / max(1, answered)
+            report(label, latencies, errors, args.seconds, cpu)
+    return 0
+
+
+@contextlib.contextmanager
+def serving(storage_url: str, data_dir: Path, tenant: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``ktg serve`` on a free loopback port (its local Ray head in ``data_dir``), stopped afterwards:
+    (port, server process); ``TOKEN`` is ``tenant``'s."""
     from api.ray_head import read_head, stop_local_head
 
-    data_dir = Path(tempfile.mkdtemp(prefix="ktg-bench-api-"))
-    server: subprocess.Popen[bytes] | None = None
-    with contextlib.ExitStack() as stack:
-        storage_url = args.storage or stack.enter_context(throwaway_postgres())
-        try:
-            study_id, study_name = prepare_study(storage_url, data_dir, args.trials)
-            compare_single_reads(storage_url, study_name)
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
-            env |= {"KTG_STORAGE": storage_url, "KTG_API_TOKENS": f"bench:{TOKEN}", "KTG_DATA_DIR": str(data_dir)}
-            log = open(data_dir / "serve.log", "wb")  # the server process writes to it
-            server = subprocess.Popen([sys.executable, "-m", "api.server", "--port", str(port)], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            wait_healthy(port, server)
-            path = f"/v1/studies/{study_id}"
-            print(f"GET /v1/studies/{{id}} ({args.trials} trials, study running, its Ray job RUNNING): "
-                  f"{args.clients} concurrent keep-alive clients on loopback, {args.seconds:.0f} s each after "
-                  f"{args.warmup:.0f} s warm-up, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-            for label, interval in (("closed loop (next request as soon as the answer is in)", 0.0),
-                                    (f"paced (each client every {args.interval * 1e3:.0f} ms)", args.interval)):
-                cpu_before = cpu_seconds(server.pid)
-                latencies, errors, answered = asyncio.run(load(port, path, args.clients, args.seconds, args.warmup,
-                                                               interval))
-                cpu = (cpu_seconds(server.pid) - cpu_before) / max(1, answered)
-                report(label, latencies, errors, args.seconds, cpu)
-        finally:
-            if server is not None:
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=30)
-            head = read_head(data_dir)
-            stop_local_head(data_dir, grace_s=5)
-            if head is not None:
-                shutil.rmtree(head.temp_dir, ignore_errors=True)
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
+    env |= {"KTG_STORAGE": storage_url, "KTG_API_TOKENS": f"{tenant}:{TOKEN}", "KTG_DATA_DIR": str(data_dir)}
+    with open(data_dir / "serve.log", "wb") as log:  # the server process writes to it
+        server = subprocess.Popen([sys.executable, "-m", "ktg.cli", "serve", "--port", str(port)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_healthy(port, server)
+        yield port, server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        head = read_head(data_dir)
+        stop_local_head(data_dir, grace_s=5)
+        if head is not None:
+            shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 def wait_healthy(port: int, server: subprocess.Popen[bytes]) -> None:

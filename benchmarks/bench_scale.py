@@ -31,19 +31,17 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_api import TOKEN, free_port, load, percentile, throwaway_postgres, wait_healthy  # noqa: E402
+from bench_api import load, percentile, serving, throwaway_postgres  # noqa: E402
 
 TENANT, NAME = "bench", "scale"
 WINDOW = 100  # trials per orchestration window
@@ -142,29 +140,6 @@ def register_study(storage: str, data_dir: Path) -> str:
     return row.id
 
 
-@contextlib.contextmanager
-def serving(storage: str, data_dir: Path) -> Iterator[int]:
-    """``ktg serve`` on a free loopback port (with its local Ray head), stopped afterwards."""
-    from api.ray_head import read_head, stop_local_head
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
-    env |= {"KTG_STORAGE": storage, "KTG_API_TOKENS": f"{TENANT}:{TOKEN}", "KTG_DATA_DIR": str(data_dir)}
-    with open(data_dir / "serve.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "ktg.cli", "serve", "--port", str(port)], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_healthy(port, server)
-        yield port
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
-        head = read_head(data_dir)
-        stop_local_head(data_dir, grace_s=5)
-        if head is not None:
-            shutil.rmtree(head.temp_dir, ignore_errors=True)
-
-
 def api_latencies(port: int, path: str, clients: int, seconds: float) -> str:
     latencies, errors, _ = asyncio.run(load(port, path, clients, seconds, warmup=2.0, interval=0.1))
     ms = sorted(x * 1e3 for x in latencies)
@@ -215,7 +190,7 @@ def report(args: argparse.Namespace, storage: str, out: Path, wall: float, rc: i
     data_dir = Path(tempfile.mkdtemp(prefix="ktg-bench-scale-"))
     try:
         study_id = register_study(storage, data_dir)
-        with serving(storage, data_dir) as port:
+        with serving(storage, data_dir, TENANT) as (port, _):
             for path in (f"/v1/studies/{study_id}", f"/v1/studies/{study_id}/trials?limit=100&offset=0",
                          f"/v1/studies/{study_id}/trials?limit=100&offset={max(0, len(all_trials) - 100)}"):
                 print(f"  GET {path.replace(study_id, '{id}'):<46} {api_latencies(port, path, 10, args.seconds)}")
