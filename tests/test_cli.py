@@ -22,6 +22,7 @@ def ktg(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
                           env={**os.environ, "KTG_CACHE_DIR": str(cwd / "cache"), **(env or {})}, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.json")))
 def test_train_each_example_on_digits(example: str, tmp_path: Path) -> None:
     epochs = "3" if example == "refilled.json" else "1"  # refilled's stage 2 starts at epoch 2
@@ -41,6 +42,7 @@ def test_train_each_example_on_digits(example: str, tmp_path: Path) -> None:
     assert "test acc" in run.stdout and "node" in run.stdout
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_std_and_per_seed_checkpoints(tmp_path: Path) -> None:
     run = ktg("train", "--graph", str(EXAMPLES / "independent.json"), "--epochs", "1", "--seeds", "2",
               "--seed", "5", "--out", "out", cwd=tmp_path)
@@ -56,6 +58,7 @@ def test_seeds_give_mean_and_std_and_per_seed_checkpoints(tmp_path: Path) -> Non
     assert any(not torch.equal(a[k], b[k]) for k in a)  # two seeds, two different networks
 
 
+@pytest.mark.slow
 def test_a_trained_node_is_a_checkpoint_for_a_frozen_teacher(tmp_path: Path) -> None:
     assert ktg("train", "--graph", str(EXAMPLES / "independent.json"), "--epochs", "1", "--out", "t",
                cwd=tmp_path).returncode == 0

@@ -208,6 +208,7 @@ def _pretrain_in_another_process(root: str, index: int, barrier: Any, results: A
     results.put((index, len(cache.trained), classes))
 
 
+@pytest.mark.slow
 def test_two_processes_never_train_the_same_teacher(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
@@ -478,6 +479,7 @@ def test_the_optimizer_follows_the_schedule_step_by_step(digits_data: ImageData)
     assert seen[0] == pytest.approx(0.05 / 30) and seen[29] == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 def test_mutual_learning_learns_digits(digits_data: ImageData) -> None:
     """DML on digits with the default recipe: both peers learn (lr 0.1 from step 0 left one at 25 %)."""
     g = graph([{"id": 1, "model": "resnet20"}, {"id": 2, "model": "resnet20"}],
