@@ -62,12 +62,12 @@ def fake_acc(trial_number: int, epoch: int, epochs: int) -> float:
 
 # -- the Ray side -------------------------------------------------------------------------------
 
-def cheap_trial(config: dict[str, Any]) -> None:
+def cheap_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     """Stand-in for ``search.trial.train_trial``: no data, no model, one report per epoch."""
     from ray import tune
 
     started = time.time()
-    epochs = int(config["spec"]["epochs"])
+    epochs = int(spec_fields["epochs"])
     for epoch in range(1, epochs + 1):
         tune.report({"val_acc": fake_acc(config["trial_number"], epoch, epochs), "epoch": epoch,
                      "t_started": started, "t_report": time.time()})

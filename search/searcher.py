@@ -120,8 +120,9 @@ class GraphSearcher(Searcher):
             self.issued += 1
             self.tally.running += 1
             self.graphs[trial_id] = graph
-            config = {"graph": graph, "spec": self.spec.model_dump(), "trial_number": trial.number,
-                      **self.worker_config}
+            # The spec reaches the worker once, through tune.with_parameters (search.driver): Tune
+            # keeps several copies of every trial's config for the whole search.
+            config = {"graph": graph, "trial_number": trial.number, **self.worker_config}
             twin = self.twins.of(graph)
             if twin is not None:  # drawn before: continue where that trial stopped (search.twins)
                 checkpoint = self.book.pin(twin.number)

@@ -28,13 +28,14 @@ ERROR = "error"  # in a trial's last result: it failed by itself, say why and ne
 TWIN = "twin"  # in a trial's config: the earlier trial of the same graph it continues (search.twins)
 
 
-def train_trial(config: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     """A Ray Tune function trainable: train one sampled graph, report val acc each epoch.
 
     ``config`` (built by the driver's searcher): ``graph`` (a ``ktg-graph/1``
-    dict), ``spec`` (the ``SearchSpec`` as a dict), ``trial_number`` (the Optuna
-    trial's), ``cache_dir`` (pre-trained teachers), ``device`` and ``cpus``, and
-    for a graph the study trained before, ``TWIN`` (see ``_start``).
+    dict), ``trial_number`` (the Optuna trial's), ``cache_dir`` (pre-trained
+    teachers), ``device`` and ``cpus``, and for a graph the study trained
+    before, ``TWIN`` (see ``_start``). ``spec_fields``, the ``SearchSpec`` as a dict,
+    is the same for every trial and comes through ``tune.with_parameters``.
 
     A trial that fails by itself (a ``KtgError``: NaN loss, a graph the data
     cannot train) ends with a last result carrying ``ERROR`` instead of
@@ -48,7 +49,7 @@ def train_trial(config: dict[str, Any]) -> None:
     from ktg.run import RunSetup
     from ktg.trainer import train_graph
 
-    spec = SearchSpec.model_validate(config["spec"])
+    spec = SearchSpec.model_validate(spec_fields)
     # Only node 1's accuracy is searched, and only the nodes upstream of it decide it: the
     # rest of the drawn graph would cost compute and change nothing the study records.
     graph = Graph.from_dict(config["graph"]).training_graph(TARGET_NODE)

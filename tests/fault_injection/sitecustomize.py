@@ -35,13 +35,13 @@ def poisoned_trials() -> set[int]:
     return {int(x) for x in os.environ.get(FAULT_ENV, "").split(",") if x.strip().isdigit()}
 
 
-def poisoning(train_trial: Callable[[dict[str, Any]], None], trials: set[int]) -> Callable[[dict[str, Any]], None]:
+def poisoning(train_trial: Callable[..., None], trials: set[int]) -> Callable[..., None]:
     """``train_trial``, with the run's data poisoned to NaN when the config's trial is one of ``trials``."""
 
     @functools.wraps(train_trial)
-    def wrapper(config: dict[str, Any]) -> None:
+    def wrapper(config: dict[str, Any], **parameters: Any) -> None:
         if config["trial_number"] not in trials:
-            return train_trial(config)
+            return train_trial(config, **parameters)
         from ktg.data.spec import DataSpec
 
         clean_load = DataSpec.load
@@ -53,7 +53,7 @@ def poisoning(train_trial: Callable[[dict[str, Any]], None], trials: set[int]) -
 
         DataSpec.load = poisoned_load
         try:
-            return train_trial(config)
+            return train_trial(config, **parameters)
         finally:
             DataSpec.load = clean_load
 
