@@ -197,8 +197,6 @@ class GraphSearcher(Searcher):
         twin, pinned = self.continuing.pop(trial_id, (None, False))
         if twin is not None and pinned:
             self.book.unpin(twin.number)
-        if trial_dir is not None:
-            drop_older_checkpoints(trial_dir, keep=1)  # ended: its last result is in, its last checkpoint is all
         self.book.ended(number, outcome, trial_dir, value)
         if outcome == "fail" or graph is None:
             return

@@ -34,9 +34,14 @@ CHECKPOINT_GLOB = "checkpoint_*"  # how Tune names a trial's checkpoint folders
 Outcome = Literal["complete", "pruned", "fail"]
 
 
+def checkpoint_folders(trial_dir: Path) -> list[Path]:
+    """A Tune trial folder's checkpoint folders, oldest first (Tune numbers them in order)."""
+    return sorted(p for p in trial_dir.glob(CHECKPOINT_GLOB) if p.is_dir())
+
+
 def latest_checkpoint(trial_dir: Path) -> Path | None:
-    """The newest checkpoint folder of a Tune trial folder (Tune numbers them in order)."""
-    found = sorted(p for p in trial_dir.glob(CHECKPOINT_GLOB) if p.is_dir())
+    """The newest checkpoint folder of a Tune trial folder."""
+    found = checkpoint_folders(trial_dir)
     return found[-1] if found else None
 
 
@@ -48,7 +53,7 @@ def drop_older_checkpoints(trial_dir: Path, keep: int = 2) -> None:
     the trials (a 1,500-trial search slowed 5x by trial 1,300). Two, not one: the
     driver may not have seen the newest yet when a lost worker is restarted.
     """
-    for old in sorted(p for p in trial_dir.glob(CHECKPOINT_GLOB) if p.is_dir())[:-keep]:
+    for old in checkpoint_folders(trial_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -97,6 +102,7 @@ class CheckpointBook:
     def ended(self, number: int, outcome: Outcome, trial_dir: Path | None, value: float | None = None) -> None:
         """A trial ended (its Tune folder given): record how, then delete what the rules no longer keep."""
         if trial_dir is not None:
+            drop_older_checkpoints(trial_dir, keep=1)  # its last result is in: its last checkpoint is all
             self.add(number, latest_checkpoint(trial_dir))
         self.outcome[number] = outcome
         if outcome == "complete" and value is not None:
