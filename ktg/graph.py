@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ktg.edge_losses import CROSS_TASK_LOSSES, EDGE_LOSSES, LABEL_LOSSES, NETWORK_LOSSES
 from ktg.errors import KtgError, allowed
-from ktg.losses import CROSS_TASK_LOSSES, EDGE_LOSSES, LABEL_LOSSES, NETWORK_LOSSES
 
 FORMAT = "ktg-graph/1"
 LABEL_NODE = 0

@@ -5,20 +5,23 @@ gates can act per sample; the trainer takes the mean. All of it stays on the
 device with no data-dependent host sync (variable tuple and class counts are
 handled with masks, not Python loops).
 
-:data:`EDGE_LOSSES` is the one table of losses: the graph file validates loss
-names and their rules against it, and the trainer dispatches through it.
-Adding a loss is one function, one entry there and one test.
+:data:`ktg.edge_losses.EDGE_LOSSES` is the one table of losses; each row names
+its per-sample function here (``ce_edge``, ``kl_edge``, ...), which reads the
+batch's :class:`EdgeInputs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ktg.edge_losses import EdgeLoss
 
 
 def ce_loss(logits_t: Tensor, labels: Tensor) -> Tensor:
@@ -135,7 +138,7 @@ def lkd_loss(local: LocalPosterior, logits_t: Tensor, temperature: float) -> Ten
     return instance_weight * _masked_kl(local.log_q, log_r, mask)
 
 
-# -- the table of edge losses ---------------------------------------------------
+# -- one edge: its inputs, and the functions the table of losses names ---------
 
 @dataclass(frozen=True)
 class EdgeInputs:
@@ -150,71 +153,40 @@ class EdgeInputs:
     local: LocalPosterior | None     # only when the loss or its correct gate needs it
 
 
-Needs = Literal["labels", "logits", "embeddings", "local posterior"]
-"""What of the source a loss reads: the labels alone, its logits, its embedding, or
-its local posterior (which is built from its embedding)."""
-
-CorrectMask = Literal["none", "logits", "local posterior"]
-"""How the ``correct`` gate tells the samples the source gets right: not at all
-(then it equals ``through``), by its top-1 logit, or by its local nearest-centre class."""
-
-
-@dataclass(frozen=True)
-class EdgeLoss:
-    """One edge loss: its per-sample function and what it needs."""
-
-    per_sample: Callable[[EdgeInputs], Tensor]
-    needs: Needs
-    label_edge: bool         # carried by edges from node 0 (the labels), and only by them
-    cross_task: bool         # may leave a node trained on other classes than the run
-    correct_mask: CorrectMask
-
-    def uses_local(self, gate_kind: str) -> bool:
-        """Whether an edge of this loss and gate needs the source's local posterior."""
-        return self.needs == "local posterior" or (gate_kind == "correct" and self.correct_mask == "local posterior")
-
-    def correct(self, inputs: EdgeInputs) -> Tensor | None:
-        """The source-correct mask of the ``correct`` gate (None: the gate passes everything)."""
-        if self.correct_mask == "logits":
-            assert inputs.source_logits is not None
-            return inputs.source_logits.argmax(dim=1) == inputs.labels
-        if self.correct_mask == "local posterior":
-            assert inputs.local is not None
-            return inputs.local.prediction == inputs.labels
-        return None
+def correct_mask(loss: EdgeLoss, inputs: EdgeInputs) -> Tensor | None:
+    """The source-correct mask of the ``correct`` gate (None: the gate passes everything)."""
+    if loss.correct_mask == "logits":
+        assert inputs.source_logits is not None
+        return inputs.source_logits.argmax(dim=1) == inputs.labels
+    if loss.correct_mask == "local posterior":
+        assert inputs.local is not None
+        return inputs.local.prediction == inputs.labels
+    return None
 
 
-def _ce(x: EdgeInputs) -> Tensor:
+def per_sample(loss: EdgeLoss, inputs: EdgeInputs) -> Tensor:
+    """The per-sample values of ``loss``: the function of this module its table row names."""
+    function: Callable[[EdgeInputs], Tensor] = globals()[loss.function]
+    return function(inputs)
+
+
+def ce_edge(x: EdgeInputs) -> Tensor:
     return ce_loss(x.target_logits, x.labels)
 
 
-def _kl(x: EdgeInputs) -> Tensor:
+def kl_edge(x: EdgeInputs) -> Tensor:
     assert x.source_logits is not None
     return kl_loss(x.source_logits, x.target_logits, x.temperature)
 
 
-def _cm(x: EdgeInputs) -> Tensor:
+def cm_edge(x: EdgeInputs) -> Tensor:
     assert x.source_embedding is not None
     return cm_loss(x.source_embedding, x.target_embedding, x.labels, x.temperature)
 
 
-def _lkd(x: EdgeInputs) -> Tensor:
+def lkd_edge(x: EdgeInputs) -> Tensor:
     assert x.local is not None
     return lkd_loss(x.local, x.target_logits, x.temperature)
-
-
-EDGE_LOSSES: dict[str, EdgeLoss] = {
-    "ce": EdgeLoss(_ce, needs="labels", label_edge=True, cross_task=False, correct_mask="none"),
-    "kl": EdgeLoss(_kl, needs="logits", label_edge=False, cross_task=False, correct_mask="logits"),
-    "cm": EdgeLoss(_cm, needs="embeddings", label_edge=False, cross_task=True, correct_mask="local posterior"),
-    "lkd": EdgeLoss(_lkd, needs="local posterior", label_edge=False, cross_task=True,
-                    correct_mask="local posterior"),
-}
-"""Every edge loss by name, in the order error messages and pictures list them."""
-
-LABEL_LOSSES = tuple(name for name, loss in EDGE_LOSSES.items() if loss.label_edge)
-NETWORK_LOSSES = tuple(name for name, loss in EDGE_LOSSES.items() if not loss.label_edge)
-CROSS_TASK_LOSSES = tuple(name for name, loss in EDGE_LOSSES.items() if loss.cross_task)
 
 
 def edge_inputs(loss: EdgeLoss, gate_kind: str, *, labels: Tensor, target: tuple[Tensor, Tensor],

@@ -21,9 +21,10 @@ from torch import Tensor, nn
 from ktg.checkpoints import classifier_rows, load_checkpoint
 from ktg.data.loader import DeviceBatches
 from ktg.device import Accel
+from ktg.edge_losses import EDGE_LOSSES
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Edge, Graph
-from ktg.losses import EDGE_LOSSES, edge_inputs, gate
+from ktg.losses import correct_mask, edge_inputs, gate, per_sample
 from ktg.models import build_model
 from ktg.recipe import Recipe
 from ktg.run_state import RunState, run_key
@@ -267,7 +268,7 @@ class _GraphRun:
         inputs = edge_inputs(loss, e.gate, labels=labels, target=(mine.embedding, mine.logits),
                              source=None if src is None else (src.embedding, src.logits),
                              temperature=e.temperature, num_classes=self.num_classes)
-        return loss.per_sample(inputs), loss.correct(inputs) if e.gate == "correct" else None
+        return per_sample(loss, inputs), correct_mask(loss, inputs) if e.gate == "correct" else None
 
     @torch.no_grad()
     def _eval_batches(self, split: str) -> DeviceBatches:

@@ -4,15 +4,18 @@ This is the driver process of a search. It joins (or starts) Ray, hands Tune
 the worker-side trainable (``search.trial``) and the searcher that owns the
 study (``search.searcher``), and makes sure that however the run ends (its
 budget spent, Ctrl-C, SIGTERM from ``ray job stop``) no trial stays RUNNING.
-Workers never need the database or its password.
+Workers never need the database or its password, and the driver never imports
+torch (``tests/test_layers.py`` holds it to that).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -64,9 +67,17 @@ class AshaSchedule:
         return f"ASHA rungs at epochs {where} (lr warm-up over after epoch {self.warmup_epochs})"
 
 
+def _count_train_images(data: DataSpec) -> int:
+    return len(data.load().train_y)
+
+
 @cache
 def _train_images(data: DataSpec) -> int:
-    return len(data.load().train_y)
+    """How many images a trial trains on, read in a child process: reading data imports
+    torch, which the driver never does (it was ~470 MiB of the driver's ~1.1 GB at trial
+    1,500 of the scale run, README: Performance). A bad dataset's KtgError comes back."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_count_train_images, data).result()
 
 
 def asha_schedule(spec: SearchSpec) -> AshaSchedule:

@@ -15,14 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ktg.data import dataset_names, parse_classes
 from ktg.data.spec import DataSpec
+from ktg.edge_losses import NETWORK_LOSSES
 from ktg.errors import KtgError
-from ktg.graph import GATES, LOSSES
+from ktg.graph import GATES
 from ktg.models import check_model_name
 from ktg.recipe import Recipe
 
 DEFAULT_MODELS = ("resnet32", "resnet110", "wrn28-2")
 STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-EDGE_LOSSES = tuple(loss for loss in LOSSES if loss != "ce")
 
 
 class SearchSpec(BaseModel):
@@ -44,7 +44,7 @@ class SearchSpec(BaseModel):
     gates: list[str] = Field(default_factory=lambda: list(GATES), min_length=1,
                              json_schema_extra={"items": {"type": "string", "enum": list(GATES)}})
     losses: list[str] = Field(default_factory=lambda: ["kl"], min_length=1,
-                              json_schema_extra={"items": {"type": "string", "enum": list(EDGE_LOSSES)}})
+                              json_schema_extra={"items": {"type": "string", "enum": list(NETWORK_LOSSES)}})
     reduction_factor: Annotated[int, Field(ge=2, le=16)] = 2
     grace_epochs: Annotated[int | None, Field(ge=1, le=10_000, description=(
         "Epochs before ASHA's first rung; default: when the lr warm-up is over"))] = None
@@ -101,7 +101,7 @@ class SearchSpec(BaseModel):
     @field_validator("losses")
     @classmethod
     def _losses(cls, value: list[str]) -> list[str]:
-        return _choices(value, EDGE_LOSSES)
+        return _choices(value, NETWORK_LOSSES)
 
     def class_list(self) -> tuple[int, ...] | None:
         return tuple(parse_classes(self.classes)) if self.classes else None

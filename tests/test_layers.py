@@ -8,6 +8,8 @@ search without the API.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,18 @@ def test_the_check_sees_imports_at_any_depth(tmp_path: Path, floor: str, stateme
         (tmp_path / name).mkdir()
     (tmp_path / floor / "module.py").write_text(statement)
     assert bool(upward_imports(tmp_path)) == upward
+
+
+# The processes that only orchestrate: the search driver (``ktg search``) and the API's
+# server. torch is ~470 MiB of a process's memory, and only trials and ``ktg train`` need it.
+TORCH_FREE = ("search.cli", "search.driver", "api.app")
+
+
+def test_the_driver_and_the_api_do_not_import_torch() -> None:
+    code = ("import importlib, sys\n"
+            f"for name in {TORCH_FREE!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    print(name, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [word for name in TORCH_FREE for word in (name, "False")]

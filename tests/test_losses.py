@@ -12,8 +12,19 @@ import math
 import pytest
 import torch
 
+from ktg.edge_losses import EDGE_LOSSES
 from ktg.graph import LOSSES
-from ktg.losses import EDGE_LOSSES, ce_loss, cm_loss, edge_inputs, gate, kl_loss, lkd_loss, local_posterior
+from ktg.losses import (
+    ce_loss,
+    cm_loss,
+    correct_mask,
+    edge_inputs,
+    gate,
+    kl_loss,
+    lkd_loss,
+    local_posterior,
+    per_sample,
+)
 
 ATOL = 1e-5  # the library computes in float32, the references in float64
 
@@ -286,7 +297,7 @@ def test_the_table_dispatches_to_the_loss_function(loss: str) -> None:
         "cm": lambda: cm_loss(emb_s, emb, labels, tau),
         "lkd": lambda: lkd_loss(local_posterior(emb_s, labels, LKD_NUM_CLASSES, tau), logits, tau),
     }[loss]()
-    got = EDGE_LOSSES[loss].per_sample(_lkd_batch_inputs(loss, "through", tau))
+    got = per_sample(EDGE_LOSSES[loss], _lkd_batch_inputs(loss, "through", tau))
     assert torch.equal(got, expected)
 
 
@@ -303,16 +314,16 @@ def test_the_correct_gate_asks_each_loss_its_own_question() -> None:
     """ce: no mask (correct = through); kl: the source's top-1 logit; cm and lkd: its local
     nearest-centre class."""
     labels = torch.tensor(LKD_LABELS)
-    assert EDGE_LOSSES["ce"].correct(_lkd_batch_inputs("ce", "correct")) is None
+    assert correct_mask(EDGE_LOSSES["ce"], _lkd_batch_inputs("ce", "correct")) is None
     kl = _lkd_batch_inputs("kl", "correct")
     assert kl.source_logits is not None
     top1 = [max(range(LKD_NUM_CLASSES), key=row.__getitem__) for row in kl.source_logits.tolist()]
-    kl_mask = EDGE_LOSSES["kl"].correct(kl)
+    kl_mask = correct_mask(EDGE_LOSSES["kl"], kl)
     assert kl_mask is not None and kl_mask.tolist() == [p == y for p, y in zip(top1, LKD_LABELS, strict=True)]
     for loss in ("cm", "lkd"):
         inputs = _lkd_batch_inputs(loss, "correct")
         local = local_posterior(torch.tensor(LKD_EMB).flip(0), labels, LKD_NUM_CLASSES, 2.0)
-        mask = EDGE_LOSSES[loss].correct(inputs)
+        mask = correct_mask(EDGE_LOSSES[loss], inputs)
         assert mask is not None and mask.tolist() == (local.prediction == labels).tolist()
     assert kl_mask.tolist() != mask.tolist()  # the two rules differ on this batch
 

@@ -220,17 +220,20 @@ def test_no_password_anywhere_after_a_postgres_search(main_ok: SimpleNamespace, 
 
 
 def test_search_run_from_python(tmp_path: Path, ray_tmp: Path) -> None:
-    """The notebook story: ``import search; search.run({...})`` runs the search ``ktg search`` runs."""
+    """The notebook story: ``import search; search.run({...})`` runs the search ``ktg search`` runs.
+    Its process is the driver, and the driver never imports torch: only the trials need it."""
     db = tmp_path / "db.sqlite"
-    code = ("import search\n"
+    code = ("import sys, search\n"
             "fields = {'name': 'nb', 'nodes': 2, 'trials': 2, 'epochs': 1, 'target_model': 'resnet20',"
             " 'models': ['resnet20']}\n"
             f"tally = search.run(fields, storage='sqlite:///{db}', out_dir='out', workers=1)\n"
-            "print('tally', tally.budget, tally.finished)\n")
+            "print('tally', tally.budget, tally.finished)\n"
+            "print('driver imported torch:', 'torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ktg_env(ray_tmp), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "tally 2 2" in proc.stdout
+    assert "driver imported torch: False" in proc.stdout
     trials = optuna.load_study(study_name="nb", storage=f"sqlite:///{db}").get_trials()
     assert len(trials) == 2 and all(t.state in FINAL for t in trials)
     assert (tmp_path / "out" / "ray" / "nb").is_dir()

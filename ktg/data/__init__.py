@@ -1,10 +1,11 @@
-"""Datasets for ktg: a registry of builders plus the public loading API.
+"""Datasets for ktg: a table of builders by name, plus the public loading API.
 
-Like torchvision's model registry, each dataset is one builder function
-registered under its name with ``@register_dataset``; ``load_dataset`` looks
-the name up, lets the builder read the files, then applies the steps every
-dataset shares (class subset, seeded training subset and validation split,
-statistics).
+Like torchvision's model registry, each dataset is one builder function; the
+table :data:`_BUILDERS` names the module of ``ktg.data`` that defines it, and
+``load_dataset`` imports that module on first use, lets the builder read the
+files, then applies the steps every dataset shares (class subset, seeded
+training subset and validation split, statistics). The table imports no torch,
+so that the search driver and the API check dataset names without it.
 
 Datasets are never downloaded: builders read what is on disk or raise a
 ``KtgError`` that says where they looked and what they expected.
@@ -16,10 +17,13 @@ import importlib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ktg.data.loader import DeviceBatches
-from ktg.data.splits import Augment, ImageData, RawSplits, check_train_size, check_val_fraction, finalize
 from ktg.errors import allowed
+
+if TYPE_CHECKING:
+    from ktg.data.loader import DeviceBatches
+    from ktg.data.splits import Augment, ImageData, RawSplits
 
 __all__ = [
     "Augment",
@@ -29,29 +33,32 @@ __all__ = [
     "dataset_names",
     "load_dataset",
     "parse_classes",
-    "register_dataset",
 ]
 
 # A builder reads one dataset: (data_dir, image_size) -> full train/test splits.
-DatasetBuilder = Callable[[Path | None, int | None], RawSplits]
+DatasetBuilder = Callable[[Path | None, int | None], "RawSplits"]
 
-_BUILDERS: dict[str, DatasetBuilder] = {}
+_BUILDERS: dict[str, str] = {
+    "cifar10": "cifar", "cifar100": "cifar",
+    "tinyimagenet": "folders", "imagefolder": "folders",
+    "digits": "bundled", "synthetic": "bundled",
+    "fashionmnist": "mnist", "mnist": "mnist", "kmnist": "mnist",
+}
+"""Every dataset name -> the module ``ktg.data.<module>`` whose function of that name
+builds it. The order is the order of dataset_names()."""
+
+# The torch-backed names this package re-exports, imported on first use.
+_LAZY = {"Augment": "splits", "ImageData": "splits", "RawSplits": "splits", "DeviceBatches": "loader"}
 
 
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator registering ``fn`` as the builder of dataset ``name``."""
-
-    def register(fn: DatasetBuilder) -> DatasetBuilder:
-        if name in _BUILDERS:  # a programming error, not a user error
-            raise ValueError(f"dataset {name!r} is registered twice")
-        _BUILDERS[name] = fn
-        return fn
-
-    return register
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"ktg.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'ktg.data' has no attribute {name!r}")
 
 
 def dataset_names() -> list[str]:
-    """Registered dataset names, in registration order."""
+    """The dataset names, in the table's order."""
     return list(_BUILDERS)
 
 
@@ -76,9 +83,10 @@ def load_dataset(
         (after ``classes``, before the validation split, which is carved out of
         it), chosen by ``split_seed`` alone; None keeps them all.
     """
-    builder = _BUILDERS.get(name)
-    if builder is None:
+    if name not in _BUILDERS:
         raise allowed("dataset", name, ", ".join(dataset_names()))
+    from ktg.data.splits import check_train_size, check_val_fraction, finalize
+
     # Cheap argument checks first: reading tinyimagenet takes a while.
     fraction = check_val_fraction(val_fraction)
     if isinstance(split_seed, bool) or not isinstance(split_seed, int):
@@ -87,6 +95,7 @@ def load_dataset(
         raise allowed("image_size", image_size, "a positive integer or None")
     check_train_size(train_size)
     root = None if data_dir is None else Path(data_dir).expanduser()
+    builder: DatasetBuilder = getattr(importlib.import_module(f"ktg.data.{_BUILDERS[name]}"), name)
     raw = builder(root, image_size)
     return finalize(raw, classes=classes, val_fraction=fraction, split_seed=split_seed, train_size=train_size)
 
@@ -113,10 +122,3 @@ def parse_classes(text: str) -> list[int]:
     if not ids:
         raise allowed("classes", text, _CLASSES_HELP)
     return sorted(ids)
-
-
-# Importing the builder modules registers their datasets (this order is the
-# order of dataset_names()). They import register_dataset from this module, so
-# they are imported here, after its definition, rather than at the top.
-for _module in ("cifar", "folders", "bundled", "mnist"):
-    importlib.import_module(f"ktg.data.{_module}")

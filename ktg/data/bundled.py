@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ktg.data import register_dataset
 from ktg.data.splits import FIXED_TEST_SEED, Augment, RawSplits, check_image_size, split_indices
 
 # Seed of the synthetic prototypes and samples: the set must be identical in
@@ -19,7 +18,6 @@ from ktg.data.splits import FIXED_TEST_SEED, Augment, RawSplits, check_image_siz
 _SYNTHETIC_SEED = 20240611
 
 
-@register_dataset("digits")
 def digits(data_dir: Path | None, image_size: int | None) -> RawSplits:
     """scikit-learn's 1797 8x8 grayscale digits, 10 classes.
 
@@ -40,7 +38,6 @@ def digits(data_dir: Path | None, image_size: int | None) -> RawSplits:
     return RawSplits("digits", x[train], y[train], x[test], y[test], 10, Augment(pad=1, flip=False))
 
 
-@register_dataset("synthetic")
 def synthetic(data_dir: Path | None, image_size: int | None) -> RawSplits:
     """10 classes of 3x16x16 images: a fixed smooth prototype per class plus noise.
 

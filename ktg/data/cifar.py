@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ktg.data import register_dataset
 from ktg.data.splits import Augment, RawSplits, check_image_size
 from ktg.errors import KtgError
 
@@ -81,7 +80,6 @@ def _read_cifar(
     return RawSplits(name, train_x, train_y, test_x, test_y, num_classes, _AUGMENT)
 
 
-@register_dataset("cifar10")
 def cifar10(data_dir: Path | None, image_size: int | None) -> RawSplits:
     """CIFAR-10: 50,000 train / 10,000 test 32x32 RGB images, 10 classes."""
     return _read_cifar(
@@ -95,7 +93,6 @@ def cifar10(data_dir: Path | None, image_size: int | None) -> RawSplits:
     )
 
 
-@register_dataset("cifar100")
 def cifar100(data_dir: Path | None, image_size: int | None) -> RawSplits:
     """CIFAR-100 (fine labels): 50,000 train / 10,000 test 32x32 RGB images, 100 classes."""
     return _read_cifar(

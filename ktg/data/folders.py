@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ktg.data import register_dataset
 from ktg.data.splits import Augment, RawSplits, check_image_size
 from ktg.errors import KtgError
 
@@ -78,7 +77,6 @@ def _tiny_root(data_dir: Path | None) -> Path:
     return root
 
 
-@register_dataset("tinyimagenet")
 def tinyimagenet(data_dir: Path | None, image_size: int | None) -> RawSplits:
     """Tiny ImageNet: 64x64 RGB, 200 classes; its labelled val set serves as the test set.
 
@@ -132,7 +130,6 @@ def _class_folders(split: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(split.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
-@register_dataset("imagefolder")
 def imagefolder(data_dir: Path | None, image_size: int | None) -> RawSplits:
     """``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val/``).
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from ktg.data import register_dataset
 from ktg.data.splits import Augment, RawSplits, check_image_size
 from ktg.errors import KtgError
 
@@ -186,5 +185,5 @@ def _builder(dataset: IdxDataset) -> Callable[[Path | None, int | None], RawSpli
     return build
 
 
-for _dataset in DATASETS:
-    register_dataset(_dataset.name)(_builder(_dataset))
+# The builders ktg.data's table names: one per dataset of the family.
+fashionmnist, mnist, kmnist = (_builder(dataset) for dataset in DATASETS)

@@ -1,10 +1,12 @@
 """Model zoo: small image classifiers, built by name.
 
-Names are resolved through a registry of regex patterns, one per family (the
-idea of torchvision's ``register_model``, but keyed by pattern so that every
-valid depth/width is a name without listing it). Each family module registers
-its builder with :func:`register`; this package imports the family modules at
-the bottom so that the registry is full once ``ktg.models`` is imported.
+The names live here, in one table of families, each a regex pattern (so that
+every valid depth/width is a name without listing it). The architectures live
+in one module per family, ``ktg.models.<module>``, whose ``build`` this package
+imports on the first model it builds. The split keeps name checks torch-free:
+the search driver and the API validate graphs without importing torch.
+Adding a family is one module with a ``build`` function and one row in
+:data:`_FAMILIES`.
 
 Every model's ``forward(x)`` returns ``(embedding, logits)``: the penultimate
 feature vector after global average pooling, shape ``(N, model.embedding_dim)``,
@@ -18,61 +20,44 @@ node right before :func:`build_model`, so a node's initial weights depend only o
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ktg.errors import KtgError, allowed
 
-__all__ = ["build_model", "check_model_name", "model_names", "register"]
+if TYPE_CHECKING:
+    from torch import nn
 
-Builder = Callable[..., nn.Module]
-"""``builder(*groups, in_channels=, num_classes=, image_size=)``; ``groups`` are the
-regex groups of the matched name, as strings."""
+__all__ = ["build_model", "check_model_name", "model_names"]
 
 
 @dataclass(frozen=True)
 class _Family:
-    pattern: re.Pattern[str]
-    help: str
-    examples: tuple[str, ...]
-    accept: Callable[..., bool]
-    builder: Builder
+    module: str                # ktg.models.<module>.build(*groups, in_channels=, num_classes=, image_size=)
+    pattern: re.Pattern[str]   # a name of the family fully matches it; its groups go to build
+    help: str                  # the accepted names, for error messages
+    examples: tuple[str, ...]  # the canonical names, listed by model_names()
+    accept: Callable[..., bool]  # accept(*groups): what the regex alone cannot check (depth 6n+2)
 
 
-_FAMILIES: list[_Family] = []
-
-
-def register(
-    pattern: str,
-    help: str,
-    *,
-    examples: tuple[str, ...] = (),
-    accept: Callable[..., bool] | None = None,
-) -> Callable[[Builder], Builder]:
-    """Register a builder for every model name that fully matches ``pattern``.
-
-    ``help`` describes the accepted names in error messages; ``examples`` are the
-    canonical names listed by :func:`model_names`. ``accept(*groups)`` rejects
-    names the regex alone cannot (e.g. depths that are not 6n+2), so that
-    :func:`check_model_name` can validate a name without building the model.
-    """
-
-    def decorator(builder: Builder) -> Builder:
-        _FAMILIES.append(
-            _Family(
-                re.compile(pattern),
-                help,
-                tuple(examples),
-                accept or (lambda *_: True),
-                builder,
-            )
-        )
-        return builder
-
-    return decorator
+_FAMILIES: tuple[_Family, ...] = (
+    _Family("resnet", re.compile(r"resnet([1-9]\d*)"),
+            "resnet<depth> (depth = 6n+2, e.g. resnet20, resnet32, resnet56, resnet110)",
+            ("resnet20", "resnet32", "resnet56", "resnet110"),
+            lambda depth: int(depth) >= 8 and (int(depth) - 2) % 6 == 0),
+    _Family("wrn", re.compile(r"wrn([1-9]\d*)-([1-9]\d*)"),
+            "wrn<depth>-<width> (depth = 6n+4, e.g. wrn28-2, wrn16-1)",
+            ("wrn28-2", "wrn40-2", "wrn40-1", "wrn16-2", "wrn16-1"),
+            lambda depth, width: int(depth) >= 10 and (int(depth) - 4) % 6 == 0 and int(width) >= 1),
+    _Family("mobilenet", re.compile(r"mobilenet-(\d+(?:\.\d+)?)"),
+            "mobilenet-<width> (1.0, 0.75, 0.5, 0.25; any width in (0, 2])",
+            ("mobilenet-1.0", "mobilenet-0.75", "mobilenet-0.5", "mobilenet-0.25"),
+            lambda multiplier: 0.0 < float(multiplier) <= 2.0),
+)
+"""Every model family, in the order of model_names() and of the 'allowed' list in errors."""
 
 
 def _resolve(name: object) -> tuple[_Family, tuple[str, ...]] | None:
@@ -112,24 +97,5 @@ def build_model(
     resolved = _resolve(name)
     assert resolved is not None
     family, groups = resolved
-    return family.builder(
-        *groups, in_channels=in_channels, num_classes=num_classes, image_size=image_size
-    )
-
-
-def init_weights(model: nn.Module) -> None:
-    """The shared initialisation: He-normal (fan_out, relu) convs, BN weight 1 and
-    bias 0, Linear left at the PyTorch default. Uses only the global torch RNG."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-# Family modules register themselves on import; the order here is the order of
-# model_names() and of the "allowed" list in error messages.
-from ktg.models import resnet  # noqa: E402, F401, I001
-from ktg.models import wrn  # noqa: E402, F401
-from ktg.models import mobilenet  # noqa: E402, F401
+    build = importlib.import_module(f"ktg.models.{family.module}").build
+    return build(*groups, in_channels=in_channels, num_classes=num_classes, image_size=image_size)

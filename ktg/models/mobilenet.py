@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ktg.models import init_weights, register
+from ktg.models.init import init_weights
 
 # (output channels at width 1.0, stride) of the 13 depthwise-separable blocks.
 _BLOCKS: tuple[tuple[int, int], ...] = (
@@ -81,17 +81,7 @@ class MobileNetV1(nn.Module):
         return embedding, self.fc(embedding)
 
 
-def _valid_multiplier(multiplier: str) -> bool:
-    return 0.0 < float(multiplier) <= 2.0
-
-
-@register(
-    r"mobilenet-(\d+(?:\.\d+)?)",
-    "mobilenet-<width> (1.0, 0.75, 0.5, 0.25; any width in (0, 2])",
-    examples=("mobilenet-1.0", "mobilenet-0.75", "mobilenet-0.5", "mobilenet-0.25"),
-    accept=_valid_multiplier,
-)
-def build_mobilenet(
+def build(
     multiplier: str, *, in_channels: int, num_classes: int, image_size: int
 ) -> nn.Module:
     """``image_size`` decides where stride-2 blocks stop downsampling."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ktg.models import init_weights, register
+from ktg.models.init import init_weights
 
 
 class ShortcutA(nn.Module):
@@ -79,17 +79,7 @@ class CifarResNet(nn.Module):
         return embedding, self.fc(embedding)
 
 
-def _valid_depth(depth: str) -> bool:
-    return int(depth) >= 8 and (int(depth) - 2) % 6 == 0
-
-
-@register(
-    r"resnet([1-9]\d*)",
-    "resnet<depth> (depth = 6n+2, e.g. resnet20, resnet32, resnet56, resnet110)",
-    examples=("resnet20", "resnet32", "resnet56", "resnet110"),
-    accept=_valid_depth,
-)
-def build_resnet(
+def build(
     depth: str, *, in_channels: int, num_classes: int, image_size: int
 ) -> nn.Module:
     """Any image size works: the network is fully convolutional up to the global pool."""

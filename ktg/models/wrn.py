@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ktg.models import init_weights, register
+from ktg.models.init import init_weights
 
 
 class PreActBlock(nn.Module):
@@ -69,17 +69,7 @@ class WideResNet(nn.Module):
         return embedding, self.fc(embedding)
 
 
-def _valid(depth: str, width: str) -> bool:
-    return int(depth) >= 10 and (int(depth) - 4) % 6 == 0 and int(width) >= 1
-
-
-@register(
-    r"wrn([1-9]\d*)-([1-9]\d*)",
-    "wrn<depth>-<width> (depth = 6n+4, e.g. wrn28-2, wrn16-1)",
-    examples=("wrn28-2", "wrn40-2", "wrn40-1", "wrn16-2", "wrn16-1"),
-    accept=_valid,
-)
-def build_wrn(
+def build(
     depth: str, width: str, *, in_channels: int, num_classes: int, image_size: int
 ) -> nn.Module:
     """Any image size works: the network is fully convolutional up to the global pool."""
