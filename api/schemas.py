@@ -95,6 +95,9 @@ class TrialOut(BaseModel):
     interrupted: bool = Field(False, description="Its driver died; it was re-queued and is not counted")
     skipped: str | None = Field(None, description="Why it was sampled but never trained")
     error: str | None = Field(None, description="Why it failed (the exception its training raised)")
+    retries: int = Field(0, description="Restarts from its checkpoint after its worker or node was lost")
+    continued_from: int | None = Field(None, description="The earlier trial of the same graph whose epochs it took over")
+    repair_of: int | None = Field(None, description="The untrainable draw it repairs (the target's label edge opened)")
     started_at: datetime | None = None
     completed_at: datetime | None = None
     history: list[EpochAcc] = Field(default_factory=list, description="Validation accuracy of node 1 per epoch")

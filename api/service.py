@@ -26,10 +26,13 @@ from api.status import PREFIX
 from ktg.errors import KtgError
 from search.spec import STUDY_NAME_PATTERN, SearchSpec
 from search.storage import (
+    ATTR_CONTINUED_FROM,
     ATTR_EPOCHS,
     ATTR_ERROR,
     ATTR_GRAPH,
     ATTR_INTERRUPTED,
+    ATTR_REPAIR_OF,
+    ATTR_RETRIES,
     ATTR_SEED,
     ATTR_SKIPPED,
     TrialStateName,
@@ -138,21 +141,27 @@ def trial_page(session: Session, row: StudyRow, *, state: TrialStateName | None,
     return TrialPage(items=[_trial_out(r) for r in records], total=total, limit=limit, offset=offset)
 
 
+def _int(value: object) -> int | None:
+    """An integer attribute, or None when it is missing or of an unexpected type."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _trial_out(record: TrialRecord) -> TrialOut:
     """A trial record as clients see it; attributes of an unexpected type read as unknown."""
     attrs = record.attrs
     graph = attrs.get(ATTR_GRAPH)
-    epochs = attrs.get(ATTR_EPOCHS)
-    seed = attrs.get(ATTR_SEED)
     skipped, error = attrs.get(ATTR_SKIPPED), attrs.get(ATTR_ERROR)
     return TrialOut(
         number=record.number, state=record.state, val_acc=record.value, started_at=record.started_at,
         completed_at=record.completed_at,
-        epochs_done=epochs if isinstance(epochs, int) else None,
-        seed=seed if isinstance(seed, int) else None,
+        epochs_done=_int(attrs.get(ATTR_EPOCHS)),
+        seed=_int(attrs.get(ATTR_SEED)),
         interrupted=bool(attrs.get(ATTR_INTERRUPTED)),
         skipped=str(skipped) if skipped else None,
         error=str(error) if error else None,
+        retries=_int(attrs.get(ATTR_RETRIES)) or 0,
+        continued_from=_int(attrs.get(ATTR_CONTINUED_FROM)),
+        repair_of=_int(attrs.get(ATTR_REPAIR_OF)),
         history=[EpochAcc(epoch=e, val_acc=v) for e, v in record.history],
         graph=graph if isinstance(graph, dict) else None,
     )

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,26 +55,49 @@ def search_command(args: argparse.Namespace, storage: str, out: Path) -> list[st
             "--target-model", args.model, "--models", args.model, "--batch-size", str(args.batch_size), "--warmup-steps", "0"]
 
 
-def run_search(args: argparse.Namespace, storage: str, out: Path) -> tuple[float, int, int]:
-    """(wall seconds, exit code, the driver's peak RSS in bytes), its output in ``out/search.log``."""
+@dataclass
+class DriverMemory:
+    """The driver's RSS as the search went: its peak, and (trials started, RSS) every 10 s."""
+
+    peak: int = 0
+    trace: list[tuple[int, int]] = field(default_factory=list)
+
+    def growth(self, trials: int) -> str:
+        """RSS once 100 trials had started, at the end, and the growth per trial in between."""
+        after = [(n, rss) for n, rss in self.trace if n >= min(WINDOW, trials)]
+        if len(after) < 2 or after[-1][0] == after[0][0]:
+            return "too short to tell"
+        (n0, r0), (n1, r1) = after[0], after[-1]
+        return (f"{r0 / 2**20:.0f} MiB at trial {n0}, {r1 / 2**20:.0f} MiB at trial {n1}: "
+                f"{(r1 - r0) / (n1 - n0) / 2**20:+.3f} MiB per trial")
+
+
+def run_search(args: argparse.Namespace, storage: str, out: Path) -> tuple[float, int, DriverMemory]:
+    """(wall seconds, exit code, the driver's memory), its output in ``out/search.log``."""
     out.mkdir(parents=True, exist_ok=True)
-    peak = 0
+    memory, experiment, polled = DriverMemory(), out / "ray" / f"{TENANT}.{NAME}", 0.0
     started = time.perf_counter()
     with open(out / "search.log", "wb") as log:
         driver = subprocess.Popen(search_command(args, storage, out), stdout=log, stderr=subprocess.STDOUT,
                                   cwd=REPO, start_new_session=True)
         while driver.poll() is None:
-            peak = max(peak, _peak_rss(driver.pid))
+            status = _memory_status(driver.pid)
+            memory.peak = max(memory.peak, status.get("VmHWM", 0))
+            if time.perf_counter() - polled >= 10 and "VmRSS" in status:
+                polled = time.perf_counter()
+                trials = sum(1 for _ in experiment.glob("*/params.json")) if experiment.is_dir() else 0
+                memory.trace.append((trials, status["VmRSS"]))
             time.sleep(1.0)
-    return time.perf_counter() - started, driver.returncode, peak
+    return time.perf_counter() - started, driver.returncode, memory
 
 
-def _peak_rss(pid: int) -> int:
-    """The process's high-water RSS so far (``VmHWM``), 0 once it is gone."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        status = Path(f"/proc/{pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
-    return 0
+def _memory_status(pid: int) -> dict[str, int]:
+    """The process's ``VmRSS`` and high-water ``VmHWM`` in bytes; empty once it is gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines
+                if line.startswith(("VmRSS:", "VmHWM:"))}
+    return {}
 
 
 def in_trial_seconds(experiment: Path) -> dict[int, float]:
@@ -95,15 +119,17 @@ def orchestration(trials: list, inside: dict[int, float], workers: int) -> float
     return (span * workers - busy) / len(trials)
 
 
-def folder_size(folder: Path) -> tuple[int, int]:
-    """(bytes, files) under a folder."""
-    size = files = 0
+def folder_size(folder: Path) -> tuple[int, int, int]:
+    """(bytes, files, bytes inside trial checkpoints) under a folder."""
+    size = files = in_checkpoints = 0
     for root, _, names in os.walk(folder):
+        checkpoint = "/checkpoint_" in root
         for name in names:
             with contextlib.suppress(OSError):
-                size += os.lstat(os.path.join(root, name)).st_size
-                files += 1
-    return size, files
+                bytes_ = os.lstat(os.path.join(root, name)).st_size
+                size, files = size + bytes_, files + 1
+                in_checkpoints += bytes_ if checkpoint else 0
+    return size, files, in_checkpoints
 
 
 def database_size(storage: str) -> int:
@@ -149,7 +175,7 @@ def api_latencies(port: int, path: str, clients: int, seconds: float) -> str:
             f"({len(ms)} requests, {clients} clients polling every 100 ms, {len(errors)} errors)")
 
 
-def report(args: argparse.Namespace, storage: str, out: Path, wall: float, rc: int, peak: int) -> None:
+def report(args: argparse.Namespace, storage: str, out: Path, wall: float, rc: int, memory: DriverMemory) -> None:
     import optuna
 
     from search.storage import counted, open_storage
@@ -177,10 +203,11 @@ def report(args: argparse.Namespace, storage: str, out: Path, wall: float, rc: i
         print(f"  per {WINDOW} trials     orchestration "
               + " ".join(f"{orchestration(w, inside, args.workers):.2f}" for w in windows)
               + "  |  in-trial " + " ".join(f"{sum(inside.get(t.number, 0) for t in w) / len(w):.2f}" for w in windows))
-    print(f"  driver peak RSS    {peak / 2**20:8.0f} MiB")
+    print(f"  driver peak RSS    {memory.peak / 2**20:8.0f} MiB   (RSS {memory.growth(len(trained))})")
     print(f"  database           {database_size(storage) / 2**20:8.1f} MiB")
-    size, files = folder_size(out / "ray")
-    print(f"  Ray experiment     {size / 2**20:8.1f} MiB in {files:,} files ({out / 'ray'})")
+    size, files, in_checkpoints = folder_size(out / "ray")
+    print(f"  Ray experiment     {size / 2**20:8.1f} MiB in {files:,} files ({out / 'ray'}); "
+          f"{in_checkpoints / 2**20:.1f} MiB of it in trial checkpoints (--checkpoint-gb, --keep-best)")
     started = time.perf_counter()
     export = subprocess.run([sys.executable, "-m", "ktg.cli", "export", "--study", f"{TENANT}.{NAME}",
                              "--storage", storage, "--top", "10", "--out", str(out / "export")],
@@ -217,10 +244,10 @@ def main() -> int:
         raise SystemExit(f"--out: {out} is not empty; allowed: a new or empty folder")
     with contextlib.ExitStack() as stack:
         storage = args.storage or stack.enter_context(throwaway_postgres())
-        wall, rc, peak = run_search(args, storage, out)
+        wall, rc, memory = run_search(args, storage, out)
         if rc != 0:
             print((out / "search.log").read_text()[-3000:])
-        report(args, storage, out, wall, rc, peak)
+        report(args, storage, out, wall, rc, memory)
     return 0
 
 

@@ -29,10 +29,13 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from search.storage import (
+    ATTR_CONTINUED_FROM,
     ATTR_EPOCHS,
     ATTR_ERROR,
     ATTR_GRAPH,
     ATTR_INTERRUPTED,
+    ATTR_REPAIR_OF,
+    ATTR_RETRIES,
     ATTR_SEED,
     ATTR_SKIPPED,
     TRIAL_STATES,
@@ -43,7 +46,8 @@ from search.storage import (
 _STATE_NAMES: dict[TrialState, TrialStateName] = {state: name for name, state in TRIAL_STATES.items()}
 _FINITE = om.TrialValueModel.TrialValueType.FINITE
 # The user attributes a trial record carries (others, not written by ktg, are left out).
-TRIAL_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR)
+TRIAL_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR, ATTR_RETRIES,
+               ATTR_CONTINUED_FROM, ATTR_REPAIR_OF)
 
 
 @dataclass

@@ -12,7 +12,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from search.storage import ATTR_EPOCHS, ATTR_ERROR, ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SEED
+from search.storage import (
+    ATTR_CONTINUED_FROM,
+    ATTR_EPOCHS,
+    ATTR_ERROR,
+    ATTR_GRAPH,
+    ATTR_INTERRUPTED,
+    ATTR_RETRIES,
+    ATTR_SEED,
+)
 
 GRAPH = {
     "format": "ktg-graph/1",
@@ -27,7 +35,8 @@ GRAPH = {
 def fill_study(storage: optuna.storages.BaseStorage, name: str, n_trials: int, epochs: int,
                seed: int = 0, workers: int = 1) -> optuna.Study:
     """An Optuna study shaped like an ASHA search's: mostly pruned at early rungs, some
-    complete at the full budget, a few failed, running, re-queued (interrupted + waiting).
+    complete at the full budget, a few failed, running, re-queued (interrupted + waiting),
+    some retried after a lost worker or continuing an earlier twin.
 
     Trials are written whole (``add_trial``), one transaction each, by ``workers``
     threads (Optuna's RDB storage takes concurrent writers, as distributed searches do).
@@ -48,6 +57,10 @@ def fill_study(storage: optuna.storages.BaseStorage, name: str, n_trials: int, e
             attrs[ATTR_INTERRUPTED] = True
         if kind == "fail":
             attrs[ATTR_ERROR] = f"NonFiniteLoss: node 1: loss became NaN or inf in epoch {stop}"
+        if kind in {"pruned", "complete"} and rng.random() < 0.1:  # its worker was lost once or twice
+            attrs[ATTR_RETRIES] = rng.choice([1, 2])
+        if kind in {"pruned", "complete"} and number and rng.random() < 0.1:  # a twin of an earlier draw
+            attrs[ATTR_CONTINUED_FROM] = rng.randrange(number)
         value = history[stop] if kind in {"pruned", "complete"} else None
         trials.append(create_trial(state=state, value=value, intermediate_values=history, user_attrs=attrs))
         if kind == "interrupted":  # re-queued with the same parameters, as the runner does

@@ -14,90 +14,26 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from api.ray_head import HeadError, ensure_local_head, read_head, stop_local_head
 from api.ray_jobs import RayJobs
+from tests.api_server import KTG, Server, status, wait_for
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
+from tests.ray_cluster import free_port
 
 pytestmark = pytest.mark.slow
 
-KTG = str(Path(sys.executable).with_name("ktg"))
 ALICE = {"Authorization": "Bearer alice-token-5f1d2c"}
 BOB = {"Authorization": "Bearer bob-token-9a8e7b"}
 TINY = {"nodes": 2, "epochs": 2, "dataset": "digits", "models": ["resnet20"], "target_model": "resnet20"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    """Poll ``check`` until it returns something truthy, and return that; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
-@dataclass
-class Server:
-    """A `ktg serve` process; ``restart`` kills it (SIGKILL, like a crash) and starts another."""
-
-    env: dict[str, str]
-    data_dir: Path
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # the child process writes to it
-        self.process = subprocess.Popen([KTG, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_for(self._healthy, 180, "ktg serve to answer /healthz", every=0.5)
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"ktg serve exited {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def client(self, headers: dict[str, str] | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +64,6 @@ def submit(client: httpx.Client, name: str, trials: int) -> str:
     assert r.headers["location"] == f"/v1/studies/{study_id}"
     assert r.json()["state"] in {"queued", "running"} and r.json()["budget"] == trials
     return str(study_id)
-
-
-def status(client: httpx.Client, study_id: str) -> dict[str, Any]:
-    r = client.get(f"/v1/studies/{study_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 def test_search_end_to_end_through_an_api_restart(server: Server, tmp_path: Path) -> None:

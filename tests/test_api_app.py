@@ -24,7 +24,15 @@ from api.app import create_app
 from api.db import SCHEMA_VERSION, SchemaError, SchemaVersionRow, StudyRow, init_schema, make_engine
 from api.settings import Settings
 from search.spec import SearchSpec
-from search.storage import ATTR_ERROR, ATTR_INTERRUPTED, best_trials, open_storage, trial_counts
+from search.storage import (
+    ATTR_CONTINUED_FROM,
+    ATTR_ERROR,
+    ATTR_INTERRUPTED,
+    ATTR_RETRIES,
+    best_trials,
+    open_storage,
+    trial_counts,
+)
 from search.study_queries import study_figures
 from tests.api_fixtures import (  # noqa: F401
     ALICE,
@@ -95,6 +103,9 @@ def test_trials_pages_cover_the_study_in_order(client: TestClient, filled: tuple
         assert [(h["epoch"], h["val_acc"]) for h in got["history"]] == sorted(trial.intermediate_values.items())
         assert got["interrupted"] == bool(trial.user_attrs.get(ATTR_INTERRUPTED))
         assert got["error"] == trial.user_attrs.get(ATTR_ERROR)
+        assert got["retries"] == trial.user_attrs.get(ATTR_RETRIES, 0)
+        assert got["continued_from"] == trial.user_attrs.get(ATTR_CONTINUED_FROM)
+    assert any(t["retries"] for t in seen) and any(t["continued_from"] is not None for t in seen)
     pruned = client.get(f"/v1/studies/{study_id}/trials", params={"state": "pruned", "limit": 500},
                         headers=ALICE).json()
     assert pruned["total"] == len(study.get_trials(states=(TrialState.PRUNED,)))

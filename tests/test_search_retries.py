@@ -15,11 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,96 +30,13 @@ from ktg.teachers import TeacherCache
 from ktg.trainer import train_graph
 from search.spec import SearchSpec
 from search.storage import STUDY_ATTR_SPEC, sqlalchemy_url
-from tests.search_helpers import KTG, TINY_MODELS, ktg_env, nan_fault_env, reap_session
+from tests.ray_cluster import alive_nodes, cluster_env, join_node, start_head, trial_workers, wait_for
+from tests.search_helpers import KTG, TINY_MODELS, nan_fault_env, reap_session
 
 pytestmark = pytest.mark.slow
 
 EPOCHS, KILL_AFTER, POISONED = 8, 2, 1
 LOST_NODE_TRIALS = 8
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cluster_env(ray_tmp: Path, work: Path, **extra: str) -> dict[str, str]:
-    """Every process of the test cluster: its own Ray temp root and its own auth token.
-
-    A lost node is declared dead after 3 missed 1 s health checks (Ray's default is
-    5 of 3 s): until then Ray still counts its CPU, and a restart placed there would
-    fail again and spend a second retry.
-    """
-    token = work / "auth_token"
-    if not token.exists():
-        token.write_text(uuid.uuid4().hex)
-    return ktg_env(ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_health_check_period_ms="1000",
-                   RAY_health_check_failure_threshold="3", **extra)
-
-
-def start_head(work: Path, env: dict[str, str], cpus: int) -> tuple[subprocess.Popen, str]:
-    """``ray start --head --block`` with the dashboard (the state API lives there); its GCS address."""
-    current = Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
-    current.unlink(missing_ok=True)
-    with open(work / "head.log", "wb") as log:
-        head = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--port", "0", "--num-cpus", str(cpus), "--disable-usage-stats",
-             "--include-dashboard=true", "--dashboard-port", str(free_port()),
-             "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not current.exists() or not current.read_text().strip():
-        assert head.poll() is None, (work / "head.log").read_text()
-        assert time.monotonic() < deadline, "ray start --head did not come up"
-        time.sleep(0.5)
-    return head, current.read_text().strip()
-
-
-def join_node(work: Path, env: dict[str, str], address: str, cpus: int) -> subprocess.Popen:
-    """A second Ray node on this machine: ``ray start --address ... --block``."""
-    with open(work / "node.log", "wb") as log:
-        return subprocess.Popen(
-            [RAY, "start", "--address", address, "--block", "--num-cpus", str(cpus), "--disable-usage-stats",
-             "--dashboard-agent-listen-port", str(free_port())],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def state_api(address: str, env: dict[str, str], query: str) -> object:
-    """One of Ray's state API answers, as JSON (asked from a process that holds the cluster's token)."""
-    code = ("import json, sys\n"
-            "from ray.util.state import list_actors, list_nodes\n"
-            f"print(json.dumps({query}))\n")
-    proc = subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def trial_workers(address: str, env: dict[str, str]) -> list[tuple[int, str]]:
-    """(pid, node id) of every live trial actor (Tune's ``ImplicitFunc``), from Ray's state API."""
-    return [tuple(a) for a in state_api(address, env, (
-        "[(a.pid, a.node_id) for a in list_actors(address=sys.argv[1], filters=[('state', '=', 'ALIVE')], "
-        "detail=True) if a.class_name == 'ImplicitFunc']"))]
-
-
-def alive_nodes(address: str, env: dict[str, str]) -> dict[str, bool]:
-    """Node id -> whether it is the head, for the live nodes."""
-    return dict(state_api(address, env, (
-        "[(n.node_id, n.is_head_node) for n in list_nodes(address=sys.argv[1]) if n.state == 'ALIVE']")))
-
-
-def wait_for(ready: object, what: str, procs: list[subprocess.Popen], timeout: float = 600) -> None:
-    """Poll ``ready()`` until true; fail if one of ``procs`` exits first."""
-    deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args[:3]} exited (rc {proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def study_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     try:
         return optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).get_trials()
@@ -162,7 +75,7 @@ def killed_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) -> Si
     work = tmp_path_factory.mktemp("retries")
     url = f"sqlite:///{work / 'db.sqlite'}"
     env = cluster_env(ray_tmp, work, **nan_fault_env(POISONED))
-    head, address = start_head(work, env, cpus=1)
+    head, address, _ = start_head(work, env, cpus=1)
     search = None
     try:
         search = start_search(work, env, url, address, "--trials", "2", "--epochs", str(EPOCHS), "--workers", "1")
@@ -186,7 +99,7 @@ def lost_node_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) ->
     work = tmp_path_factory.mktemp("lost-node")
     url = f"sqlite:///{work / 'db.sqlite'}"
     env = cluster_env(ray_tmp, work)
-    head, address = start_head(work, env, cpus=1)
+    head, address, _ = start_head(work, env, cpus=1)
     node = search = None
     try:
         node = join_node(work, env, address, cpus=1)
