@@ -10,7 +10,9 @@ trial must restart from its checkpoint on the head, and the study must end
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,9 +40,21 @@ def trials_of(server: Server, study_id: str) -> list[dict[str, Any]]:
     return items
 
 
+def still_running(server: Server, study_id: str) -> None:
+    """Fail at once, with the reason, if the study ended before the node was lost."""
+    now = status(server.client({"Authorization": f"Bearer {TOKEN}"}), study_id)
+    assert now["state"] in {"queued", "running"}, f"the study ended early: {now}\n{server.log_path.read_text()[-2000:]}"
+
+
+def on_second_node(server: Server, study_id: str, address: str, env: dict[str, str], second: str) -> bool:
+    still_running(server, study_id)
+    return any(nid == second for _, nid in trial_workers(address, env))
+
+
 def both_slots_mid_trial(server: Server, study_id: str) -> bool:
     """Two trials running, each past its first epoch (so with a checkpoint), and at least
     two trials still to come (so the head has work left after the node is gone)."""
+    still_running(server, study_id)
     trials = trials_of(server, study_id)
     running = [t for t in trials if t["state"] == "running" and t["history"]]
     return len(running) >= 2 and len(trials) <= TRIALS - 2
@@ -50,7 +64,9 @@ def both_slots_mid_trial(server: Server, study_id: str) -> bool:
 def lost_node_study(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
                     ray_tmp: Path) -> SimpleNamespace:
     work = tmp_path_factory.mktemp("api-lost-node")
-    env = cluster_env(ray_tmp, work, KTG_STORAGE=postgres_url)  # the search jobs read the storage from the cluster
+    # The search jobs read the storage from the cluster, and run `ktg` from its PATH.
+    env = cluster_env(ray_tmp, work, KTG_STORAGE=postgres_url,
+                      PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     head, address, dashboard = start_head(work, env, cpus=1)
     node = None
     server = Server(env={**env, "RAY_ADDRESS": dashboard, "KTG_DATA_DIR": str(work / "data"),
@@ -67,7 +83,7 @@ def lost_node_study(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,
         study_id = submitted.json()["id"]
         # As in test_search_retries: ask the slow state API first, then kill as soon as
         # the study shows both slots in mid-trial.
-        wait_for(lambda: any(nid == second for _, nid in trial_workers(address, env)), 300,
+        wait_for(lambda: on_second_node(server, study_id, address, env, second), 300,
                  "a trial worker on the second node", every=0.5)
         wait_for(lambda: both_slots_mid_trial(server, study_id), 300, "a trial in mid-run on each node", every=0.3)
         running = {t["number"] for t in trials_of(server, study_id) if t["state"] == "running"}

@@ -22,10 +22,13 @@ from optuna.trial import TrialState, create_trial
 from sqlalchemy.orm import Session
 
 from search.storage import (
+    ATTR_CONTINUED_FROM,
     ATTR_EPOCHS,
     ATTR_ERROR,
     ATTR_GRAPH,
     ATTR_INTERRUPTED,
+    ATTR_REPAIR_OF,
+    ATTR_RETRIES,
     ATTR_SEED,
     ATTR_SKIPPED,
     best_trials,
@@ -39,7 +42,8 @@ from tests.postgres import postgres_url  # noqa: F401
 
 NAME = "queries.mixed"
 STATES = ("complete", "pruned", "fail", "running", "waiting")
-KTG_ATTRS = {ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR}
+KTG_ATTRS = {ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR, ATTR_RETRIES,
+             ATTR_CONTINUED_FROM, ATTR_REPAIR_OF}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
