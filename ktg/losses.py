@@ -153,7 +153,7 @@ class EdgeInputs:
     local: LocalPosterior | None     # only when the loss or its correct gate needs it
 
 
-def correct_mask(loss: EdgeLoss, inputs: EdgeInputs) -> Tensor | None:
+def source_correct(loss: EdgeLoss, inputs: EdgeInputs) -> Tensor | None:
     """The source-correct mask of the ``correct`` gate (None: the gate passes everything)."""
     if loss.correct_mask == "logits":
         assert inputs.source_logits is not None

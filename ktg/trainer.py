@@ -24,7 +24,7 @@ from ktg.device import Accel
 from ktg.edge_losses import EDGE_LOSSES
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Edge, Graph
-from ktg.losses import correct_mask, edge_inputs, gate, per_sample
+from ktg.losses import edge_inputs, gate, per_sample, source_correct
 from ktg.models import build_model
 from ktg.recipe import Recipe
 from ktg.run_state import RunState, run_key
@@ -268,7 +268,7 @@ class _GraphRun:
         inputs = edge_inputs(loss, e.gate, labels=labels, target=(mine.embedding, mine.logits),
                              source=None if src is None else (src.embedding, src.logits),
                              temperature=e.temperature, num_classes=self.num_classes)
-        return per_sample(loss, inputs), correct_mask(loss, inputs) if e.gate == "correct" else None
+        return per_sample(loss, inputs), source_correct(loss, inputs) if e.gate == "correct" else None
 
     @torch.no_grad()
     def _eval_batches(self, split: str) -> DeviceBatches:

@@ -17,13 +17,13 @@ from ktg.graph import LOSSES
 from ktg.losses import (
     ce_loss,
     cm_loss,
-    correct_mask,
     edge_inputs,
     gate,
     kl_loss,
     lkd_loss,
     local_posterior,
     per_sample,
+    source_correct,
 )
 
 ATOL = 1e-5  # the library computes in float32, the references in float64
@@ -314,16 +314,16 @@ def test_the_correct_gate_asks_each_loss_its_own_question() -> None:
     """ce: no mask (correct = through); kl: the source's top-1 logit; cm and lkd: its local
     nearest-centre class."""
     labels = torch.tensor(LKD_LABELS)
-    assert correct_mask(EDGE_LOSSES["ce"], _lkd_batch_inputs("ce", "correct")) is None
+    assert source_correct(EDGE_LOSSES["ce"], _lkd_batch_inputs("ce", "correct")) is None
     kl = _lkd_batch_inputs("kl", "correct")
     assert kl.source_logits is not None
     top1 = [max(range(LKD_NUM_CLASSES), key=row.__getitem__) for row in kl.source_logits.tolist()]
-    kl_mask = correct_mask(EDGE_LOSSES["kl"], kl)
+    kl_mask = source_correct(EDGE_LOSSES["kl"], kl)
     assert kl_mask is not None and kl_mask.tolist() == [p == y for p, y in zip(top1, LKD_LABELS, strict=True)]
     for loss in ("cm", "lkd"):
         inputs = _lkd_batch_inputs(loss, "correct")
         local = local_posterior(torch.tensor(LKD_EMB).flip(0), labels, LKD_NUM_CLASSES, 2.0)
-        mask = correct_mask(EDGE_LOSSES[loss], inputs)
+        mask = source_correct(EDGE_LOSSES[loss], inputs)
         assert mask is not None and mask.tolist() == (local.prediction == labels).tolist()
     assert kl_mask.tolist() != mask.tolist()  # the two rules differ on this batch
 
