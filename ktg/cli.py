@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ktg.errors import KtgError
+from ktg.errors import KtgError, allowed
 from ktg.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -105,9 +105,11 @@ def accel_from_args(args: argparse.Namespace) -> Accel:
 
 
 def data_spec_from_args(args: argparse.Namespace, val_fraction: float) -> DataSpec:
-    from ktg.data import parse_classes
+    from ktg.data import dataset_names, parse_classes
     from ktg.data.spec import DataSpec
 
+    if args.dataset not in dataset_names():
+        raise allowed("dataset", args.dataset, ", ".join(dataset_names()))
     classes = tuple(parse_classes(args.classes)) if args.classes else None
     return DataSpec(args.dataset, args.data_dir, classes, val_fraction, 0, args.image_size,
                     train_size=args.train_size)
@@ -150,15 +152,18 @@ class _NodeRecord:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ktg.run import RunSetup, load_graph
-
     if args.seeds < 1:
         raise KtgError(f"--seeds: got {args.seeds}; allowed: an integer >= 1")
     if not 0 <= args.val_fraction < 1:
         raise KtgError(f"--val-fraction: got {args.val_fraction}; allowed: a number in [0, 1)")
+    # The flags that need no torch are checked first: a typo is one line at once, not after
+    # the ~1.5 s it takes to import torch.
+    recipe, data_spec = recipe_from_args(args), data_spec_from_args(args, args.val_fraction)
+    from ktg.run import RunSetup, load_graph
+
     graph = load_graph(Path(args.graph))
-    recipe, accel = recipe_from_args(args), accel_from_args(args)
-    setup = RunSetup.prepare(data_spec_from_args(args, args.val_fraction), accel=accel, cache_dir=args.cache_dir)
+    accel = accel_from_args(args)
+    setup = RunSetup.prepare(data_spec, accel=accel, cache_dir=args.cache_dir)
     seeds = [args.seed + k for k in range(args.seeds)]
     out_dir = Path(args.out) if args.out else None
     records = _train_seeds(setup, graph, recipe, seeds, out_dir)

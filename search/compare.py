@@ -20,13 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ktg.data.spec import DataSpec
 from ktg.errors import KtgError
 from ktg.graph import TARGET_NODE, Graph
 from ktg.recipe import Recipe
-from ktg.run import RunSetup
+
+if TYPE_CHECKING:
+    from ktg.run import RunSetup  # imports torch: only a job needs it
 
 JOB_FORMAT = "ktg-compare-job/1"
 
@@ -85,6 +87,7 @@ class JobResult:
 def _setup(setup: CompareSetup) -> RunSetup:
     """A worker process loads each dataset once, however many jobs it runs."""
     from ktg.device import Accel
+    from ktg.run import RunSetup
 
     return RunSetup.prepare(setup.data, accel=Accel.resolve(setup.device), cache_dir=setup.cache_dir, quiet=True)
 

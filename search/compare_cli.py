@@ -12,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ktg import cli as ktg_cli
 from ktg.errors import KtgError
 from ktg.report import console, out
-from ktg.run import load_graph
 from search.compare import CompareSetup, Job, JobResult, run_jobs
 from search.compare_report import plot, render_table, summarise, write_json
 
@@ -38,6 +37,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def _load_graphs(paths: list[str], names: list[str]) -> tuple[list[dict[str, Any] | None], dict[str, str]]:
     """Each graph file, or the one line that says why it cannot be used (the others still run)."""
+    from ktg.run import load_graph  # imports torch: after the flags are checked, so a typo is one quick line
+
     graphs: list[dict[str, Any] | None] = []
     errors: dict[str, str] = {}
     for path, name in zip(paths, names, strict=True):

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -76,6 +77,8 @@ def _train_images(data: DataSpec) -> int:
     """How many images a trial trains on, read in a child process: reading data imports
     torch, which the driver never does (it was ~470 MiB of the driver's ~1.1 GB at trial
     1,500 of the scale run, README: Performance). A bad dataset's KtgError comes back."""
+    if "torch" in sys.modules:  # loaded already (a notebook, a test): a child would save nothing
+        return _count_train_images(data)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
         return child.submit(_count_train_images, data).result()
 
