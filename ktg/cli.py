@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ktg.errors import KtgError, allowed
+from ktg.errors import KtgError
 from ktg.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -105,11 +105,10 @@ def accel_from_args(args: argparse.Namespace) -> Accel:
 
 
 def data_spec_from_args(args: argparse.Namespace, val_fraction: float) -> DataSpec:
-    from ktg.data import dataset_names, parse_classes
+    from ktg.data import check_dataset_name, parse_classes
     from ktg.data.spec import DataSpec
 
-    if args.dataset not in dataset_names():
-        raise allowed("dataset", args.dataset, ", ".join(dataset_names()))
+    check_dataset_name(args.dataset)
     classes = tuple(parse_classes(args.classes)) if args.classes else None
     return DataSpec(args.dataset, args.data_dir, classes, val_fraction, 0, args.image_size,
                     train_size=args.train_size)

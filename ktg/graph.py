@@ -295,9 +295,9 @@ def _parse_pretrain(raw: Any, where: str) -> Pretrain:
     d = _check_fields(raw, where, _PRETRAIN_FIELDS)
     dataset = d.get("dataset")
     if dataset is not None:
-        from ktg.data import dataset_names
+        from ktg.data import check_dataset_name
 
-        _choice(dataset, f"{where}.dataset", tuple(dataset_names()))
+        check_dataset_name(dataset, f"{where}.dataset")
     classes = d.get("classes")
     if classes is not None:
         if not isinstance(classes, list) or not classes:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ktg.data import dataset_names, parse_classes
+from ktg.data import check_dataset_name, dataset_names, parse_classes
 from ktg.data.spec import DataSpec
 from ktg.edge_losses import NETWORK_LOSSES
 from ktg.errors import KtgError
@@ -65,8 +65,7 @@ class SearchSpec(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str) -> str:
-        if value not in dataset_names():
-            raise ValueError(f"got {value!r}; allowed: {', '.join(dataset_names())}")
+        _ktg_to_value_error(check_dataset_name, value)
         return value
 
     @field_validator("classes")

@@ -10,7 +10,6 @@ that importing them does not shadow the test parameters of the same name.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,14 @@ from api.settings import Settings
 from search.spec import SearchSpec
 from search.storage import open_storage
 from tests.optuna_studies import fill_study
+from tests.waiting import free_port
 
 TOKENS = {"token-alice-0123456789": "alice", "token-bob-0123456789": "bob"}
 ALICE = {"Authorization": "Bearer token-alice-0123456789"}
 BOB = {"Authorization": "Bearer token-bob-0123456789"}
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+closed_port = free_port  # Ray "configured" at a port nothing listens on: launching answers 503
 
 
 def register(sessions: Any, tenant: str, spec: SearchSpec, state: str, data_dir: Path) -> str:

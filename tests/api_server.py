@@ -1,5 +1,5 @@
 """``ktg serve`` in a subprocess, for the tests that drive the API over real HTTP
-(``test_api.py``, ``test_api_lost_node.py``), and the polling they share.
+(``test_api.py``, ``test_api_lost_node.py``).
 """
 
 from __future__ import annotations
@@ -7,29 +7,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.ray_cluster import free_port
+from tests.waiting import free_port, wait_for
 
 KTG = str(Path(sys.executable).with_name("ktg"))
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    """Poll ``check`` until it returns something truthy, and return that; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,14 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import free_port
+
 PASSWORD = "s3cret-pw"  # the tests check this string never leaks into files or logs
 USER = "ktg"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _binary(name: str) -> str:
@@ -56,7 +51,7 @@ def postgres_url() -> Iterator[str]:
     pwfile.write_text(PASSWORD + "\n")
     if os.geteuid() == 0:
         os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
-    port = _free_port()
+    port = free_port()
     subprocess.run(_as_server_user([_binary("initdb"), "-D", str(data), "-U", USER, "--pwfile", str(pwfile),
                                     "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"]),
                    check=True, capture_output=True)

@@ -7,7 +7,6 @@ Shared by ``test_search_retries.py`` (the search's own driver) and ``test_api_lo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import uuid
 from pathlib import Path
 
 from tests.search_helpers import ktg_env
+from tests.waiting import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cluster_env(ray_tmp: Path, work: Path, **extra: str) -> dict[str, str]:
@@ -90,13 +84,3 @@ def alive_nodes(address: str, env: dict[str, str]) -> dict[str, bool]:
     """Node id -> whether it is the head, for the live nodes."""
     return dict(state_api(address, env, (
         "[(n.node_id, n.is_head_node) for n in list_nodes(address=sys.argv[1]) if n.state == 'ALIVE']")))
-
-
-def wait_for(ready: object, what: str, procs: list[subprocess.Popen], timeout: float = 600) -> None:
-    """Poll ``ready()`` until true; fail if one of ``procs`` exits first."""
-    deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args[:3]} exited (rc {proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)

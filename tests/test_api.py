@@ -25,9 +25,9 @@ import pytest
 
 from api.ray_head import HeadError, ensure_local_head, read_head, stop_local_head
 from api.ray_jobs import RayJobs
-from tests.api_server import KTG, Server, status, wait_for
+from tests.api_server import KTG, Server, status
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
-from tests.ray_cluster import free_port
+from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 

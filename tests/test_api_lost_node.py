@@ -17,12 +17,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.api_server import Server, status, wait_for
+from tests.api_server import Server, status
 from tests.postgres import postgres_url  # noqa: F401
 from tests.ray_cluster import alive_nodes, cluster_env, join_node, start_head, trial_workers
 from tests.search_helpers import reap_session
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,30 +34,29 @@ SPEC = {"name": "lost", "nodes": 2, "trials": TRIALS, "epochs": 6, "models": ["r
         "target_model": "resnet20", "gates": ["through", "linear"], "max_retries": 2}
 
 
-def trials_of(server: Server, study_id: str) -> list[dict[str, Any]]:
-    page = server.client({"Authorization": f"Bearer {TOKEN}"}).get(f"/v1/studies/{study_id}/trials",
-                                                                    params={"limit": 100})
+def trials_of(client: httpx.Client, study_id: str) -> list[dict[str, Any]]:
+    page = client.get(f"/v1/studies/{study_id}/trials", params={"limit": 100})
     assert page.status_code == 200, page.text
     items: list[dict[str, Any]] = page.json()["items"]
     return items
 
 
-def still_running(server: Server, study_id: str) -> None:
+def still_running(client: httpx.Client, study_id: str) -> None:
     """Fail at once, with the reason, if the study ended before the node was lost."""
-    now = status(server.client({"Authorization": f"Bearer {TOKEN}"}), study_id)
-    assert now["state"] in {"queued", "running"}, f"the study ended early: {now}\n{server.log_path.read_text()[-2000:]}"
+    now = status(client, study_id)
+    assert now["state"] in {"queued", "running"}, f"the study ended early: {now}"
 
 
-def on_second_node(server: Server, study_id: str, address: str, env: dict[str, str], second: str) -> bool:
-    still_running(server, study_id)
+def on_second_node(client: httpx.Client, study_id: str, address: str, env: dict[str, str], second: str) -> bool:
+    still_running(client, study_id)
     return any(nid == second for _, nid in trial_workers(address, env))
 
 
-def both_slots_mid_trial(server: Server, study_id: str) -> bool:
+def both_slots_mid_trial(client: httpx.Client, study_id: str) -> bool:
     """Two trials running, each past its first epoch (so with a checkpoint), and at least
     two trials still to come (so the head has work left after the node is gone)."""
-    still_running(server, study_id)
-    trials = trials_of(server, study_id)
+    still_running(client, study_id)
+    trials = trials_of(client, study_id)
     running = [t for t in trials if t["state"] == "running" and t["history"]]
     return len(running) >= 2 and len(trials) <= TRIALS - 2
 
@@ -74,7 +75,7 @@ def lost_node_study(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,
                     data_dir=work / "data", log_path=work / "serve.log")
     try:
         node = join_node(work, env, address, cpus=1)
-        wait_for(lambda: len(alive_nodes(address, env)) == 2, 120, "the second node")
+        wait_for(lambda: len(alive_nodes(address, env)) == 2, 120, "the second node", alive=[head, node])
         second = next(nid for nid, is_head in alive_nodes(address, env).items() if not is_head)
         server.start()
         carol = server.client({"Authorization": f"Bearer {TOKEN}"})
@@ -83,14 +84,15 @@ def lost_node_study(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,
         study_id = submitted.json()["id"]
         # As in test_search_retries: ask the slow state API first, then kill as soon as
         # the study shows both slots in mid-trial.
-        wait_for(lambda: on_second_node(server, study_id, address, env, second), 300,
-                 "a trial worker on the second node", every=0.5)
-        wait_for(lambda: both_slots_mid_trial(server, study_id), 300, "a trial in mid-run on each node", every=0.3)
-        running = {t["number"] for t in trials_of(server, study_id) if t["state"] == "running"}
+        wait_for(lambda: on_second_node(carol, study_id, address, env, second), 300,
+                 "a trial worker on the second node", every=0.5, alive=[head, node])
+        wait_for(lambda: both_slots_mid_trial(carol, study_id), 300, "a trial in mid-run on each node", every=0.3,
+                 alive=[head, node])
+        running = {t["number"] for t in trials_of(carol, study_id) if t["state"] == "running"}
         reap_session(node.pid)  # the node leaves in mid-trial: its raylet and its workers, all at once
         done = wait_for(lambda: (s := status(carol, study_id))["state"] in {"succeeded", "failed", "cancelled"}
                         and s, 900, "the study to end", every=2)
-        return SimpleNamespace(done=done, running=running, trials=trials_of(server, study_id),
+        return SimpleNamespace(done=done, running=running, trials=trials_of(carol, study_id),
                                log=(work / "serve.log").read_text())
     finally:
         server.kill(signal.SIGTERM)

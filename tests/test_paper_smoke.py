@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ktg.data.mnist import DATASETS, read_idx_dataset
+from ktg.data.mnist import fashionmnist
 from tests.idx_files import write_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,7 @@ SLICE = {"train": 1000, "test": 500}
 
 def fashion_slice(folder: Path) -> Path:
     """The first images of each of Debian's Fashion-MNIST splits, as the four IDX files in ``folder``."""
-    fashion = next(d for d in DATASETS if d.name == "fashionmnist")
-    full = read_idx_dataset(fashion, FASHION, None)
+    full = fashionmnist(FASHION, None)
     for split, (images, labels) in {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)}.items():
         n = SLICE[split]
         write_split(folder, split, images[:n, 0].numpy().astype(np.uint8), labels[:n].numpy())

@@ -30,8 +30,9 @@ from ktg.teachers import TeacherCache
 from ktg.trainer import train_graph
 from search.spec import SearchSpec
 from search.storage import STUDY_ATTR_SPEC, sqlalchemy_url
-from tests.ray_cluster import alive_nodes, cluster_env, join_node, start_head, trial_workers, wait_for
+from tests.ray_cluster import alive_nodes, cluster_env, join_node, start_head, trial_workers
 from tests.search_helpers import KTG, TINY_MODELS, nan_fault_env, reap_session
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,7 @@ def killed_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) -> Si
     search = None
     try:
         search = start_search(work, env, url, address, "--trials", "2", "--epochs", str(EPOCHS), "--workers", "1")
-        wait_for(lambda: running_with(url, KILL_AFTER, 1), "trial 0 in mid-run", [search, head])
+        wait_for(lambda: running_with(url, KILL_AFTER, 1), 600, "trial 0 in mid-run", 0.3, [search, head])
         workers = trial_workers(address, env)
         assert len(workers) == 1, workers  # one trial at a time (--workers 1): trial 0's
         killed_at = len(study_trials(url, "retry")[0].intermediate_values)
@@ -103,16 +104,16 @@ def lost_node_search(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) ->
     node = search = None
     try:
         node = join_node(work, env, address, cpus=1)
-        wait_for(lambda: len(alive_nodes(address, env)) == 2, "the second node", [head, node], timeout=120)
+        wait_for(lambda: len(alive_nodes(address, env)) == 2, 120, "the second node", 0.3, [head, node])
         second = next(nid for nid, is_head in alive_nodes(address, env).items() if not is_head)
         search = start_search(work, env, url, address, "--trials", str(LOST_NODE_TRIALS), "--epochs", "6",
                               "--workers", "2")
         # Tune reuses each worker for the next trial, so the second node's stays. Asking
         # the state API takes seconds, in which short trials end: ask it first, then kill
         # right after the study shows both slots in mid-trial with trials still to come.
-        wait_for(lambda: any(nid == second for _, nid in trial_workers(address, env)), "a worker on the second node",
-                 [search, head, node])
-        wait_for(lambda: running_with(url, 1, 2, to_come=2), "a trial in mid-run on each node",
+        wait_for(lambda: any(nid == second for _, nid in trial_workers(address, env)), 600,
+                 "a worker on the second node", 0.3, [search, head, node])
+        wait_for(lambda: running_with(url, 1, 2, to_come=2), 600, "a trial in mid-run on each node", 0.3,
                  [search, head, node])
         running = {t.number for t in study_trials(url, "retry") if t.state == TrialState.RUNNING}
         reap_session(node.pid)  # the node leaves, in mid-trial: its raylet, its workers, all at once

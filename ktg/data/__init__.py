@@ -30,6 +30,7 @@ __all__ = [
     "DeviceBatches",
     "ImageData",
     "RawSplits",
+    "check_dataset_name",
     "dataset_names",
     "load_dataset",
     "parse_classes",
@@ -62,6 +63,12 @@ def dataset_names() -> list[str]:
     return list(_BUILDERS)
 
 
+def check_dataset_name(name: object, field: str = "dataset") -> None:
+    """Raise :class:`KtgError` naming ``field`` if ``name`` is not a dataset of the table."""
+    if not isinstance(name, str) or name not in _BUILDERS:  # a JSON list or dict is not hashable
+        raise allowed(field, name, ", ".join(dataset_names()))
+
+
 def load_dataset(
     name: str,
     *,
@@ -83,8 +90,7 @@ def load_dataset(
         (after ``classes``, before the validation split, which is carved out of
         it), chosen by ``split_seed`` alone; None keeps them all.
     """
-    if name not in _BUILDERS:
-        raise allowed("dataset", name, ", ".join(dataset_names()))
+    check_dataset_name(name)
     from ktg.data.splits import check_train_size, check_val_fraction, finalize
 
     # Cheap argument checks first: reading tinyimagenet takes a while.
