@@ -28,6 +28,7 @@ from api.routers import health, studies
 from api.schemas import ErrorOut, FieldError
 from api.settings import Settings
 from api.status import StatusReader
+from ktg.errors import first_line
 from search.spec import SearchSpec
 
 log = logging.getLogger("ktg.api")
@@ -153,7 +154,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
     async def on_database(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning("database unavailable: %s", first_line(exc))
         return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "the database is not reachable; try again later",
                       headers={"Retry-After": "10"})
 
@@ -185,7 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from search.storage import open_storage
+        from search.study.storage import open_storage
 
         await run_in_threadpool(init_schema, engine)
         app.state.optuna_storage = await run_in_threadpool(open_storage, settings.storage)

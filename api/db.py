@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from search.storage import sqlalchemy_url
+from search.study.storage import sqlalchemy_url
 
 SCHEMA_VERSION = 1
 # migration i (0-based) takes the schema from version i+1 to i+2; append, never edit.

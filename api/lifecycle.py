@@ -36,8 +36,8 @@ from api.ray_jobs import (
     StatusCache,
     search_entrypoint,
 )
-from api.schemas import FINISHED_STUDY_STATES
 from search.spec import SearchSpec
+from search.study.contract import ACTIVE_STUDY_STATES, FINISHED_STUDY_STATES
 
 log = logging.getLogger("ktg.api")
 
@@ -45,7 +45,6 @@ log = logging.getLogger("ktg.api")
 # or after the row was rolled back, names the same Ray submission id, so Ray
 # itself refuses a second search.
 _ID_NAMESPACE = uuid.UUID("3f6c2a52-2f8e-4c55-9d8e-6b7467000001")
-ACTIVE_STATES = ("queued", "running")
 
 
 def _rowcount(result: Result[Any]) -> int:
@@ -123,7 +122,7 @@ class StudyLifecycle:
 
     @staticmethod
     def _may_change(row: StudyRow) -> bool:
-        return row.state in ACTIVE_STATES or (row.state == "cancelled" and row.job_status not in TERMINAL_JOB_STATUSES)
+        return row.state in ACTIVE_STUDY_STATES or (row.state == "cancelled" and row.job_status not in TERMINAL_JOB_STATUSES)
 
     def _apply(self, row: StudyRow, job: JobState) -> StudyRow:
         values: dict[str, Any] = {}
@@ -167,7 +166,7 @@ class StudyLifecycle:
         with self.sessions.begin() as session:
             now = utcnow()
             cancelled = _rowcount(session.execute(
-                update(StudyRow).where(StudyRow.id == row.id, StudyRow.state.in_(ACTIVE_STATES))
+                update(StudyRow).where(StudyRow.id == row.id, StudyRow.state.in_(ACTIVE_STUDY_STATES))
                 .values(state="cancelled", cancel_requested_at=now, finished_at=now, updated_at=now)))
         self.cache.forget(row.submission_id)
         if cancelled or row.state == "cancelled":
@@ -183,7 +182,7 @@ class StudyLifecycle:
         """Compare every study Ray may still change with Ray, and act."""
         with self.sessions() as session:
             rows = session.scalars(select(StudyRow).where(or_(
-                StudyRow.state.in_(ACTIVE_STATES),
+                StudyRow.state.in_(ACTIVE_STUDY_STATES),
                 (StudyRow.state == "cancelled") & StudyRow.submitted_at.is_not(None)
                 & or_(StudyRow.job_status.is_(None), StudyRow.job_status.not_in(TERMINAL_JOB_STATUSES)),
             ))).all()

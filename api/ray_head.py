@@ -10,25 +10,22 @@ never Ray processes of other clusters on the machine.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from api.processes import alive, command_line, session_members
 from api.settings import DATA_DIR_ENV, TOKENS_ENV, TOKENS_FILE_ENV
-from search.storage import STORAGE_ENV
+from ktg.machine import atomic_write, free_port, locked, wait_until
+from search.study.storage import STORAGE_ENV
 
 HEAD_STATE_FILE = "ray-head.json"
 
@@ -61,12 +58,6 @@ class LocalHead:
 def _storage_fingerprint(storage: str) -> str:
     """Identifies the storage a head was started for without writing its password to disk."""
     return hashlib.sha256(storage.encode()).hexdigest()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _is_head_process(pid: int, dashboard_url: str) -> bool:
@@ -123,16 +114,9 @@ def read_head(data_dir: Path) -> LocalHead | None:
         return None
 
 
-@contextlib.contextmanager
-def _head_lock(data_dir: Path) -> Iterator[None]:
+def _head_lock(data_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Two `ktg serve` starting at once must not start two heads for one data dir."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "ray-head.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return locked(data_dir / "ray-head.lock")
 
 
 def ensure_local_head(data_dir: Path, storage: str, start_timeout_s: float = 120.0) -> LocalHead:
@@ -160,15 +144,15 @@ def _start_head(data_dir: Path, storage: str, fingerprint: str, start_timeout_s:
     ray_bin = Path(sys.executable).with_name("ray")
     if not ray_bin.exists():
         raise HeadError(f"cannot start a local Ray head: {ray_bin} not found (pip install 'ray[default]')")
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     token_path, temp_dir = _auth_token(data_dir), _temp_dir(data_dir)
     token = token_path.read_text().strip()
     cmd = [str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--temp-dir", str(temp_dir),
            "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
            # Fixed defaults (10001, 52365, ...) would collide with any other Ray on this machine.
-           "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
-           "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port())]
+           "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+           "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
     # The searches need the storage, not the API's bearer tokens: keep those out of Ray.
     private = {"RAY_ADDRESS", "RAY_AUTH_TOKEN", TOKENS_ENV, TOKENS_FILE_ENV}
     env = {k: v for k, v in os.environ.items() if k not in private}
@@ -181,20 +165,15 @@ def _start_head(data_dir: Path, storage: str, fingerprint: str, start_timeout_s:
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True, close_fds=True)
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
-    deadline = time.monotonic() + start_timeout_s
-    while not _dashboard_answers(dashboard_url, token, timeout_s=1.0):
+    if not wait_until(lambda: _dashboard_answers(dashboard_url, token, timeout_s=1.0), start_timeout_s,
+                      give_up=lambda: process.poll() is not None):
         if process.poll() is not None:
             raise HeadError(f"the local Ray head exited with status {process.returncode}; see {log_path}")
-        if time.monotonic() > deadline:
-            _kill_group(process.pid)
-            raise HeadError(f"the local Ray head did not answer within {start_timeout_s:.0f} s; see {log_path}")
-        time.sleep(0.5)
+        _kill_group(process.pid)
+        raise HeadError(f"the local Ray head did not answer within {start_timeout_s:.0f} s; see {log_path}")
     head = LocalHead(pid=process.pid, dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{gcs_port}",
                      storage_sha256=fingerprint, temp_dir=str(temp_dir), token_path=str(token_path))
-    state = data_dir / HEAD_STATE_FILE
-    tmp = state.with_suffix(".tmp")
-    tmp.write_text(head.to_json())
-    tmp.replace(state)
+    atomic_write(data_dir / HEAD_STATE_FILE, head.to_json())
     return head
 
 
@@ -204,11 +183,13 @@ def _kill_group(pid: int, grace_s: float = 30.0) -> None:
     Only this session is touched: never Ray processes of other clusters."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and alive(pid):
+
+    def gone() -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        time.sleep(0.2)
+        return not alive(pid)
+
+    wait_until(gone, grace_s, every_s=0.2)
     for member in session_members(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(member, signal.SIGKILL)

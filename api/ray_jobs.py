@@ -27,8 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ktg.errors import first_line
+from search.study.contract import StudyState
+
 # Ray JobStatus -> the study state users see.
-STATE_OF_JOB_STATUS: Mapping[str, str] = {
+STATE_OF_JOB_STATUS: Mapping[str, StudyState] = {
     "PENDING": "queued",
     "RUNNING": "running",
     "SUCCEEDED": "succeeded",
@@ -114,7 +117,7 @@ class RayJobs:
                 try:
                     self._client = cls(self.address, headers=self.headers)
                 except Exception as exc:  # connection refused, DNS, version check, timeout
-                    raise RayUnavailable(f"Ray at {self.address} did not answer: {_first_line(exc)}") from None
+                    raise RayUnavailable(f"Ray at {self.address} did not answer: {first_line(exc)}") from None
             return self._client
 
     @contextlib.contextmanager
@@ -131,10 +134,10 @@ class RayJobs:
             with self._lock:
                 self._client = None  # reconnect (and re-check the version) next time
             ambiguous = not isinstance(exc, requests.ConnectionError | requests.ConnectTimeout)
-            raise RayUnavailable(f"Ray at {self.address} did not answer: {_first_line(exc)}",
+            raise RayUnavailable(f"Ray at {self.address} did not answer: {first_line(exc)}",
                                  ambiguous=ambiguous) from None
         except Exception as exc:  # HTTP errors callers did not handle, auth refused, bad answers
-            raise RayUnavailable(f"Ray at {self.address} failed: {_first_line(exc)}", ambiguous=True) from None
+            raise RayUnavailable(f"Ray at {self.address} failed: {first_line(exc)}", ambiguous=True) from None
 
     def version(self) -> str:
         """The cluster's Ray version (the readiness probe)."""
@@ -188,11 +191,6 @@ class RayJobs:
 def search_entrypoint(spec_json: str, out_dir: Path) -> str:
     """The job's shell command; it carries the spec, never the storage URL."""
     return f"ktg search --spec-json {shlex.quote(spec_json)} --out {shlex.quote(str(out_dir))} --resume"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
 
 
 class StatusCache:

@@ -14,10 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from search.storage import TRIAL_STATES, TrialStateName
-
-StudyState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINISHED_STUDY_STATES = frozenset({"succeeded", "failed", "cancelled"})
+from search.study.contract import TRIAL_ATTRS, TRIAL_STATES, StudyState, TrialAttr, TrialStateName
 
 
 class FieldError(BaseModel):
@@ -32,7 +29,7 @@ class ErrorOut(BaseModel):
     errors: list[FieldError] | None = None
 
 
-# One count per trial state, named as search.storage names them.
+# One count per trial state, named as search.study.storage names them.
 TrialCounts = create_model(
     "TrialCounts",
     __doc__=("Trials by state; trials re-queued after a driver died are not counted twice, "
@@ -86,22 +83,26 @@ class EpochAcc(BaseModel):
     val_acc: float | None
 
 
-class TrialOut(BaseModel):
-    number: int
-    state: TrialStateName
-    val_acc: float | None = Field(None, description="The trial's value: final (complete) or last (pruned) accuracy")
-    epochs_done: int | None = None
-    seed: int | None = None
-    interrupted: bool = Field(False, description="Its driver died; it was re-queued and is not counted")
-    skipped: str | None = Field(None, description="Why it was sampled but never trained")
-    error: str | None = Field(None, description="Why it failed (the exception its training raised)")
-    retries: int = Field(0, description="Restarts from its checkpoint after its worker or node was lost")
-    continued_from: int | None = Field(None, description="The earlier trial of the same graph whose epochs it took over")
-    repair_of: int | None = Field(None, description="The untrainable draw it repairs (the target's label edge opened)")
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    history: list[EpochAcc] = Field(default_factory=list, description="Validation accuracy of node 1 per epoch")
-    graph: dict[str, Any] | None = Field(None, description="The trial's graph (ktg-graph/1)")
+def _attr_field(attr: TrialAttr) -> tuple[Any, Any]:
+    """A trial attribute as a response field, typed and described by its contract row."""
+    rule = TRIAL_ATTRS[attr]
+    kind = rule.kind if rule.default is not None else rule.kind | None
+    return kind, Field(rule.default, description=rule.description)
+
+
+# A trial as the trials endpoint shows it: its record, then every shown attribute of the
+# contract (search.study.contract.TRIAL_ATTRS), then its history and graph.
+TrialOut = create_model(
+    "TrialOut",
+    number=(int, ...),
+    state=(TrialStateName, ...),
+    val_acc=(float | None, Field(None, description="The trial's value: final (complete) or last (pruned) accuracy")),
+    **{str(attr): _attr_field(attr) for attr, rule in TRIAL_ATTRS.items() if rule.shown},
+    started_at=(datetime | None, None),
+    completed_at=(datetime | None, None),
+    history=(list[EpochAcc], Field(default_factory=list, description="Validation accuracy of node 1 per epoch")),
+    graph=(dict[str, Any] | None, Field(None, description=TRIAL_ATTRS[TrialAttr.GRAPH].description)),
+)
 
 
 class TrialPage(BaseModel):

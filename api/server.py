@@ -48,8 +48,8 @@ def prepare(storage: str | None = None) -> Settings:
     from api.db import SchemaError, init_schema, make_engine
     from api.ray_head import HeadError, ensure_local_head
     from api.settings import ConfigError
-    from ktg.errors import KtgError
-    from search.storage import masked, open_storage
+    from ktg.errors import KtgError, first_line
+    from search.study.storage import masked, open_storage
 
     try:
         settings = Settings.from_env(storage=storage)
@@ -65,7 +65,7 @@ def prepare(storage: str | None = None) -> Settings:
     except (KtgError, SchemaError) as exc:
         _fail(str(exc))
     except SQLAlchemyError as exc:
-        _fail(f"storage: cannot use {masked(settings.storage)}: {str(exc).splitlines()[0]}")
+        _fail(f"storage: cannot use {masked(settings.storage)}: {first_line(exc)}")
     if settings.ray_address is None:
         try:
             head = ensure_local_head(settings.data_dir, settings.storage)
@@ -82,7 +82,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, storage: str | None = None)
     import uvicorn
 
     from api.app import create_app
-    from search.storage import masked
+    from search.study.storage import masked
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_port(host, port)

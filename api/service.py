@@ -3,7 +3,7 @@ cancelling through the lifecycle, and the reads of trials and best graphs.
 
 The routers take what they need through ``api.deps`` and turn the results (and
 the exceptions below) into answers; nothing here reads a request or ``app.state``.
-Reads of Optuna's own tables are ``search.study_queries``'; the best graphs are
+Reads of Optuna's own tables are ``search.study.queries``'; the best graphs are
 read through Optuna, the same way ``ktg export`` reads them.
 """
 
@@ -21,26 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.db import StudyRow
 from api.lifecycle import StudyLifecycle, new_row, optuna_name
 from api.ray_jobs import RayJobs, RayUnavailable
-from api.schemas import BestGraph, EpochAcc, Readiness, StudyState, TrialOut, TrialPage
+from api.schemas import BestGraph, EpochAcc, Readiness, TrialOut, TrialPage
 from api.status import PREFIX
 from ktg.errors import KtgError
 from search.spec import STUDY_NAME_PATTERN, SearchSpec
-from search.storage import (
-    ATTR_CONTINUED_FROM,
-    ATTR_EPOCHS,
-    ATTR_ERROR,
-    ATTR_GRAPH,
-    ATTR_INTERRUPTED,
-    ATTR_REPAIR_OF,
-    ATTR_RETRIES,
-    ATTR_SEED,
-    ATTR_SKIPPED,
-    TrialStateName,
-    best_trials,
-    graph_of,
-    load_study,
-)
-from search.study_queries import TrialRecord, list_trials, optuna_study_id
+from search.study.contract import TRIAL_ATTRS, StudyState, TrialAttr, TrialStateName, read_attr
+from search.study.queries import TrialRecord, list_trials, optuna_study_id
+from search.study.storage import best_trials, graph_of, load_study
 
 log = logging.getLogger("ktg.api")
 
@@ -141,30 +128,13 @@ def trial_page(session: Session, row: StudyRow, *, state: TrialStateName | None,
     return TrialPage(items=[_trial_out(r) for r in records], total=total, limit=limit, offset=offset)
 
 
-def _int(value: object) -> int | None:
-    """An integer attribute, or None when it is missing or of an unexpected type."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _trial_out(record: TrialRecord) -> TrialOut:
     """A trial record as clients see it; attributes of an unexpected type read as unknown."""
-    attrs = record.attrs
-    graph = attrs.get(ATTR_GRAPH)
-    skipped, error = attrs.get(ATTR_SKIPPED), attrs.get(ATTR_ERROR)
-    return TrialOut(
-        number=record.number, state=record.state, val_acc=record.value, started_at=record.started_at,
-        completed_at=record.completed_at,
-        epochs_done=_int(attrs.get(ATTR_EPOCHS)),
-        seed=_int(attrs.get(ATTR_SEED)),
-        interrupted=bool(attrs.get(ATTR_INTERRUPTED)),
-        skipped=str(skipped) if skipped else None,
-        error=str(error) if error else None,
-        retries=_int(attrs.get(ATTR_RETRIES)) or 0,
-        continued_from=_int(attrs.get(ATTR_CONTINUED_FROM)),
-        repair_of=_int(attrs.get(ATTR_REPAIR_OF)),
-        history=[EpochAcc(epoch=e, val_acc=v) for e, v in record.history],
-        graph=graph if isinstance(graph, dict) else None,
-    )
+    attrs = {str(attr): read_attr(attr, record.attrs.get(attr)) for attr, rule in TRIAL_ATTRS.items()
+             if rule.shown or attr == TrialAttr.GRAPH}
+    return TrialOut(number=record.number, state=record.state, val_acc=record.value, started_at=record.started_at,
+                    completed_at=record.completed_at, history=[EpochAcc(epoch=e, val_acc=v) for e, v in record.history],
+                    **attrs)
 
 
 def best_graphs(storage: optuna.storages.BaseStorage, row: StudyRow, k: int) -> list[BestGraph]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktg.errors import KtgError
-from search.storage import DEFAULT_STORAGE, STORAGE_ENV
+from search.study.storage import DEFAULT_STORAGE, STORAGE_ENV
 
 TOKENS_ENV = "KTG_API_TOKENS"
 TOKENS_FILE_ENV = "KTG_API_TOKENS_FILE"

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.db import StudyRow
 from api.lifecycle import StudyLifecycle
 from api.schemas import RayJobOut, StudyStatus, StudySummary, TrialCounts
-from search.study_queries import study_figures
+from search.study.queries import study_figures
 
 PREFIX = "/v1/studies"
 

@@ -12,8 +12,8 @@ its next request as soon as the answer is in: the worst case, throughput-bound),
 then paced (each polls every ``--interval``). Prints p50/p90/p99/max, throughput
 and the server's CPU time per request (steadier than latency on a shared machine);
 the target is p99 < 50 ms. It also prints, side by side, one status
-read through ``search.storage.trial_counts`` (Optuna loads every trial) against
-the API's SQL aggregate (``search.study_queries.study_figures``), which is why the latter exists.
+read through ``search.study.storage.trial_counts`` (Optuna loads every trial) against
+the API's SQL aggregate (``search.study.queries.study_figures``), which is why the latter exists.
 
     python benchmarks/bench_api.py [--storage URL] [--clients 50] [--seconds 15]
 """
@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from ktg.machine import free_port, wait_until  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 
@@ -56,12 +57,6 @@ def throwaway_postgres() -> Iterator[str]:
             next(fixture)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def prepare_study(storage_url: str, data_dir: Path, trials: int) -> tuple[str, str]:
     """The 1,500-trial study and its registry row (running, with a Ray job RUNNING):
     (study id, Optuna study name)."""
@@ -70,7 +65,7 @@ def prepare_study(storage_url: str, data_dir: Path, trials: int) -> tuple[str, s
     from api.ray_head import ensure_local_head
     from api.ray_jobs import RayJobs
     from search.spec import SearchSpec
-    from search.storage import open_storage
+    from search.study.storage import open_storage
     from tests.optuna_studies import fill_study
 
     storage = open_storage(storage_url)
@@ -98,8 +93,8 @@ def prepare_study(storage_url: str, data_dir: Path, trials: int) -> tuple[str, s
 def compare_single_reads(storage_url: str, study_name: str, repeats: int = 5) -> None:
     """One status read, no load: Optuna's trial_counts vs the API's SQL aggregate."""
     from api.db import make_engine, make_sessions
-    from search.storage import load_study, open_storage, trial_counts
-    from search.study_queries import study_figures
+    from search.study.queries import study_figures
+    from search.study.storage import load_study, open_storage, trial_counts
 
     storage = open_storage(storage_url)
     engine = make_engine(storage_url)
@@ -244,15 +239,14 @@ def serving(storage_url: str, data_dir: Path, tenant: str) -> Iterator[tuple[int
 def wait_healthy(port: int, server: subprocess.Popen[bytes]) -> None:
     import urllib.request
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the API server exited with {server.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return
-        time.sleep(0.3)
-    raise SystemExit("the API server did not answer within 120 s")
+    def answers() -> bool:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+            return True
+        return False
+
+    if not wait_until(answers, 120, every_s=0.3, give_up=lambda: server.poll() is not None):
+        raise SystemExit(f"the API server exited with {server.returncode}" if server.poll() is not None
+                         else "the API server did not answer within 120 s")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from ktg.data.spec import DataSpec
 from ktg.graph import Graph
 from ktg.recipe import Recipe
-from search.compare import CompareSetup, Job, run_jobs
+from search.compare.jobs import CompareSetup, Job, run_jobs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 GRAPHS = ("independent", "dml-2", "kd")

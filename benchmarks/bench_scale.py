@@ -135,7 +135,7 @@ def folder_size(folder: Path) -> tuple[int, int, int]:
 def database_size(storage: str) -> int:
     from sqlalchemy import create_engine, text
 
-    from search.storage import sqlalchemy_url
+    from search.study.storage import sqlalchemy_url
 
     engine = create_engine(sqlalchemy_url(storage))
     try:
@@ -152,7 +152,7 @@ def register_study(storage: str, data_dir: Path) -> str:
     from api.db import init_schema, make_engine, make_sessions, utcnow
     from api.lifecycle import new_row
     from search.spec import SearchSpec
-    from search.storage import STUDY_ATTR_SPEC, open_storage
+    from search.study.storage import STUDY_ATTR_SPEC, open_storage
 
     study = optuna.load_study(study_name=f"{TENANT}.{NAME}", storage=open_storage(storage))
     spec = SearchSpec.model_validate({**study.user_attrs[STUDY_ATTR_SPEC], "name": NAME})
@@ -178,7 +178,7 @@ def api_latencies(port: int, path: str, clients: int, seconds: float) -> str:
 def report(args: argparse.Namespace, storage: str, out: Path, wall: float, rc: int, memory: DriverMemory) -> None:
     import optuna
 
-    from search.storage import counted, open_storage
+    from search.study.storage import counted, open_storage
 
     study = optuna.load_study(study_name=f"{TENANT}.{NAME}", storage=open_storage(storage))
     all_trials = study.get_trials(deepcopy=False)

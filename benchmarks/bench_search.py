@@ -3,9 +3,9 @@
 Both sides run trivially cheap trials (no training: each "epoch" only reports
 a made-up validation accuracy), so what is timed is the machinery alone:
 
-* ``ktg search``: the real ``search.driver.run_search`` (GraphSearcher over an
+* ``ktg search``: the real ``search.tune.driver.run_search`` (GraphSearcher over an
   Optuna study, ASHA on Ray Tune, a Ray actor per trial, the driver writing
-  every report to the storage), with ``search.trial.train_trial`` replaced in
+  every report to the storage), with ``search.tune.trial.train_trial`` replaced in
   this process by a function that calls ``ray.tune.report`` once per epoch.
 * plain Optuna: ``study.optimize`` in-process, the same sampler settings and
   the same define-by-run space (``search.space.sample_graph``), and Optuna's
@@ -43,13 +43,13 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-import search.driver as driver  # noqa: E402
-from search.driver import RunOptions, run_search  # noqa: E402
-from search.searcher import GraphSearcher  # noqa: E402
+import search.tune.driver as driver  # noqa: E402
 from search.space import sample_graph  # noqa: E402
 from search.spec import SearchSpec  # noqa: E402
-from search.storage import open_storage  # noqa: E402
-from search.study import open_study  # noqa: E402
+from search.study.resume import open_study  # noqa: E402
+from search.study.storage import open_storage  # noqa: E402
+from search.tune.driver import RunOptions, run_search  # noqa: E402
+from search.tune.searcher import GraphSearcher  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -63,7 +63,7 @@ def fake_acc(trial_number: int, epoch: int, epochs: int) -> float:
 # -- the Ray side -------------------------------------------------------------------------------
 
 def cheap_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
-    """Stand-in for ``search.trial.train_trial``: no data, no model, one report per epoch."""
+    """Stand-in for ``search.tune.trial.train_trial``: no data, no model, one report per epoch."""
     from ray import tune
 
     started = time.time()

@@ -7,7 +7,6 @@ node. Reading, writing and locating them lives here, once.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from ktg.errors import KtgError
 from ktg.graph import Graph
+from ktg.machine import atomic_write
 
 __all__ = ["CHECKPOINT_ALLOWED", "classifier_rows", "load_checkpoint", "read_state", "resolve_checkpoints",
            "write_state"]
@@ -32,9 +32,7 @@ def read_state(path: str | Path) -> State:
 
 def write_state(state: State, path: Path) -> None:
     """Write ``state`` atomically: a reader never sees a half-written file."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str) -> State:

@@ -156,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not 0 <= args.val_fraction < 1:
         raise KtgError(f"--val-fraction: got {args.val_fraction}; allowed: a number in [0, 1)")
     # The flags that need no torch are checked first: a typo is one line at once, not after
-    # the ~1.5 s it takes to import torch.
+    # importing torch.
     recipe, data_spec = recipe_from_args(args), data_spec_from_args(args, args.val_fraction)
     from ktg.run import RunSetup, load_graph
 

@@ -15,3 +15,9 @@ class KtgError(Exception):
 def allowed(field: str, value: object, choices: object) -> KtgError:
     """Build the standard 'field: got X; allowed: ...' error."""
     return KtgError(f"{field}: got {value!r}; allowed: {choices}")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-blank line (its class name when it says nothing): for one-line messages."""
+    text = str(getattr(exc, "orig", None) or exc).strip()  # a SQLAlchemy error wraps the driver's in ``orig``
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)

@@ -9,45 +9,33 @@ same teacher at once: the second waits and then reads the first's file.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import Tensor
-
-from ktg.checkpoints import classifier_rows, read_state, write_state
 from ktg.data.spec import DataSpec
-from ktg.device import Accel
 from ktg.graph import FORMAT, LABEL_NODE, TARGET_NODE, Graph, Node
-from ktg.trainer import train_graph
+from ktg.machine import locked
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads when a teacher is read or trained: the cache's rule needs none of it
+    from torch import Tensor
+
     from ktg.data import ImageData
+    from ktg.device import Accel
     from ktg.recipe import Recipe
 
 CACHE_ENV = "KTG_CACHE_DIR"
 KEY_VERSION = 1
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ktg" / "teachers")
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def default_cache_dir(fallback: Path | None = None) -> Path:
+    """The teacher cache: ``$KTG_CACHE_DIR`` when set (so that searches, compare runs and the
+    service's jobs share one), else ``fallback`` (a search's ``<out>/teachers``), else
+    ``~/.cache/ktg/teachers``."""
+    return Path(os.environ.get(CACHE_ENV) or fallback or Path.home() / ".cache" / "ktg" / "teachers")
 
 
 class TeacherCache:
@@ -70,9 +58,11 @@ class TeacherCache:
     def pretrained(self, node: Node, run_data: ImageData, *, recipe: Recipe, seed: int,
                    accel: Accel) -> tuple[dict[str, Tensor], int]:
         """The teacher's state_dict and class count, training it first if needed."""
+        from ktg.checkpoints import classifier_rows, read_state
+
         spec, key = self.key(node, recipe, seed)
         path = self.root / f"{key}.pt"
-        with _locked(self.root / f"{key}.lock"):
+        with locked(self.root / f"{key}.lock"):
             if not path.exists():
                 data = run_data if spec == self.run else spec.load()
                 self._train(node, data, recipe, seed, accel, path)
@@ -82,6 +72,9 @@ class TeacherCache:
 
     def _train(self, node: Node, data: ImageData, recipe: Recipe, seed: int, accel: Accel,
                path: Path) -> None:
+        from ktg.checkpoints import write_state
+        from ktg.trainer import train_graph
+
         if not self.quiet:
             print(f"ktg: pre-training teacher {node.model} on {data.name} "
                   f"({recipe.epochs} epochs, labels only); cached at {path}")

@@ -22,7 +22,7 @@ from ktg.checkpoints import classifier_rows, load_checkpoint
 from ktg.data.loader import DeviceBatches
 from ktg.device import Accel
 from ktg.edge_losses import EDGE_LOSSES
-from ktg.errors import KtgError
+from ktg.errors import KtgError, first_line
 from ktg.graph import LABEL_NODE, Edge, Graph
 from ktg.losses import edge_inputs, gate, per_sample, source_correct
 from ktg.models import build_model
@@ -149,9 +149,8 @@ def _build_models(graph: Graph, data: ImageData, recipe: Recipe, seed: int, acce
             try:
                 model.load_state_dict(state)
             except RuntimeError as exc:
-                first = str(exc).splitlines()[0]
                 raise KtgError(f"nodes[id={node.id}].checkpoint: does not fit model {node.model!r} "
-                               f"on this data ({first})") from None
+                               f"on this data ({first_line(exc)})") from None
             model.requires_grad_(False)
         models[node.id] = accel.place(model)
     return models

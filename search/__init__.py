@@ -8,15 +8,15 @@ From Python, one call runs what ``ktg search`` runs::
 
 The study (every trial's graph, per-epoch validation accuracy and state) lands
 in ``storage`` (default ``$KTG_STORAGE``, else a local SQLite file); read it
-back with Optuna or ``ktg export``. Where each part lives: ``search.spec``
-(what a search is), ``search.space`` (the graphs it draws), ``search.driver``
-(the run, in the driver process), ``search.searcher`` (Tune's searcher over the
-study), ``search.trial`` (one trial, in a Ray worker), ``search.study`` and
-``search.storage`` (the study's storage rules), ``search.twins`` (a graph drawn
-again continues its twin), ``search.trial_checkpoints`` (which trial checkpoints stay).
+back with Optuna or ``ktg export``. Where each part lives: ``search.spec`` (what a
+search is), ``search.space`` (the graphs it draws), ``search.commands`` and
+``search.cli`` (the ``ktg search`` and ``ktg export`` commands), and three rooms:
+``search.study`` (the study store: its contract, storage, SQL and repairs),
+``search.tune`` (the Ray Tune runtime: driver, ASHA schedule, searcher, worker-side
+trial, twins, checkpoint retention) and ``search.compare`` (``ktg compare``).
 
-``import search`` stays light (no torch, no Ray): the API's processes import
-``search.storage`` alone; what ``run`` needs is imported when it runs.
+``import search`` stays light (no torch, no Ray): the API imports
+``search.spec`` and ``search.study`` alone; what ``run`` needs is imported when it runs.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from search.searcher import Tally
     from search.spec import SearchSpec
+    from search.tune.searcher import Tally
 
 __all__ = ["SearchSpec", "run"]
 
@@ -43,10 +43,10 @@ def run(spec: SearchSpec | Mapping[str, Any], *, storage: str | None = None, out
     (default: one per CPU); ``resume`` continues a study of that name, which
     must otherwise not exist yet.
     """
-    from search.driver import DEFAULT_OUT_DIR, RunOptions, run_search
     from search.spec import SearchSpec
-    from search.storage import open_storage, storage_url
-    from search.study import open_study
+    from search.study.resume import open_study
+    from search.study.storage import open_storage, storage_url
+    from search.tune.driver import DEFAULT_OUT_DIR, RunOptions, run_search
 
     spec = spec if isinstance(spec, SearchSpec) else SearchSpec.model_validate(dict(spec))
     url = storage_url(storage)

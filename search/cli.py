@@ -6,9 +6,10 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 from ray.tune import Callback
 from rich.live import Live
 from rich.table import Table
@@ -17,45 +18,45 @@ from rich.text import Text
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Graph
 from ktg.report import console, out, table
-from search.driver import RunOptions, asha_schedule, run_search
-from search.searcher import Tally
+from search.commands import flag_of
 from search.space import describe_size, space_size
 from search.spec import SearchSpec, spec_error_lines
-from search.storage import ATTR_GRAPH, best_trials, graph_of, load_study, masked, open_storage, storage_url
-from search.study import open_study, stored_spec
-
-# flag name -> spec field, for flags that override --spec-json / the stored spec
-_FLAGS = {"nodes": "nodes", "trials": "trials", "study": "name", "dataset": "dataset", "data_dir": "data_dir",
-          "classes": "classes", "train_size": "train_size", "epochs": "epochs", "target_model": "target_model",
-          "models": "models", "gates": "gates", "losses": "losses", "reduction_factor": "reduction_factor",
-          "grace_epochs": "grace_epochs",
-          "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps", "seed": "seed",
-          "max_retries": "max_retries", "keep_best": "keep_best", "checkpoint_gb": "checkpoint_gb"}
-_LIST_FIELDS = {"models", "gates", "losses"}
-_HELP = {"name": "a study name such as c100-4n", "nodes": "an integer in 2..10", "trials": "an integer >= 1"}
+from search.study.contract import TrialAttr
+from search.study.resume import open_study, stored_spec
+from search.study.storage import best_trials, graph_of, load_study, masked, open_storage, storage_url
+from search.tune.driver import RunOptions, run_search
+from search.tune.schedule import asha_schedule
+from search.tune.searcher import Tally
 
 
 def build_spec(args: argparse.Namespace, base: dict[str, Any] | None, given: dict[str, Any]) -> SearchSpec:
     """Merge the stored spec (on resume), --spec-json (``given``) and the flags; validate once."""
     fields: dict[str, Any] = {**(base or {}), **given}
-    for flag, name in _FLAGS.items():
-        value = getattr(args, flag, None)
+    for name, field in SearchSpec.model_fields.items():
+        value = getattr(args, name, None)
         if value is not None:
-            fields[name] = [v.strip() for v in value.split(",") if v.strip()] if name in _LIST_FIELDS else value
-    for required, flag in (("name", "--study"), ("nodes", "--nodes"), ("trials", "--trials")):
-        if required not in fields:
-            raise KtgError(f"{flag}: missing; allowed: {_HELP[required]}")
+            is_list = get_origin(field.annotation) is list
+            fields[name] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
+    for name, field in SearchSpec.model_fields.items():
+        if field.is_required() and name not in fields:
+            raise KtgError(f"{flag_of(name)}: missing; allowed: {_allowed(field)}")
     try:
         return SearchSpec.model_validate(fields)
     except ValidationError as exc:
-        flag_of = {v: k for k, v in _FLAGS.items()}
         lines = []
         for line in spec_error_lines(exc):
             head, _, rest = line.partition(": ")
             key = head.split(".")[0]
-            name = "--" + flag_of[key].replace("_", "-") if key in flag_of else head
-            lines.append(f"{name}: {rest}")
+            lines.append(f"{flag_of(key) if key in SearchSpec.model_fields else head}: {rest}")
         raise KtgError("; ".join(lines)) from None
+
+
+def _allowed(field: FieldInfo) -> str:
+    """What a required field takes, from its constraints: '2..10', '>= 1', or its description."""
+    bounds = {type(m).__name__: next(iter(vars(m).values())) for m in field.metadata}
+    if "Ge" in bounds:
+        return f"an integer in {bounds['Ge']}..{bounds['Le']}" if "Le" in bounds else f"an integer >= {bounds['Ge']}"
+    return (field.description or "a value").lower()
 
 
 class LiveDisplay(Callback):
@@ -118,7 +119,7 @@ class LiveDisplay(Callback):
 def _top_table(study_name: str, trials: list, title: str) -> Table:
     rows = []
     for rank, t in enumerate(trials, 1):
-        g = Graph.from_dict(t.user_attrs[ATTR_GRAPH])
+        g = Graph.from_dict(t.user_attrs[TrialAttr.GRAPH])
         models = " ".join(n.model for n in g.nodes)
         edges = ", ".join(f"{e.source}>{e.target} {e.loss}/{e.gate}" for e in g.edges if e.source != LABEL_NODE)
         rows.append([rank, t.number, f"{100 * t.value:.2f}", models, edges or "-"])

@@ -9,10 +9,9 @@ command runs.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, get_args
 
 from ktg.cli import add_data_args, add_recipe_args, env_number
-from ktg.recipe import Recipe
 
 if TYPE_CHECKING:
     from ktg.cli import Subcommands
@@ -25,32 +24,54 @@ GPUS_PER_TRIAL_ENV = "KTG_GPUS_PER_TRIAL"
 RESOURCE_ENV = (WORKERS_ENV, CPUS_PER_TRIAL_ENV, GPUS_PER_TRIAL_ENV)
 
 
+# Spec fields whose flag is not the field's own name.
+FLAG_OF_FIELD = {"name": "--study"}
+
+
+def flag_of(field: str) -> str:
+    """The ``ktg search`` flag of a ``SearchSpec`` field."""
+    return FLAG_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
+def add_spec_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ``SearchSpec`` field: its type, its description, its default said once.
+
+    Every flag defaults to None (not given), so that it overrides ``--spec-json`` and a
+    resumed study's stored spec only when given; list fields are comma-separated.
+    """
+    from pydantic_core import PydanticUndefined
+
+    from search.spec import SearchSpec
+
+    g = p.add_argument_group("search spec (the API's request body; flags override --spec-json)")
+    for name, field in SearchSpec.model_fields.items():
+        kind = _flag_type(field.annotation)
+        if field.is_required():
+            default = "required unless in --spec-json"
+        elif field.default_factory is not None:
+            default = "default " + ",".join(map(str, field.default_factory()))  # type: ignore[call-arg]
+        else:
+            default = "" if field.default in (None, PydanticUndefined) else f"default {field.default}"
+        text = (field.description or name.replace("_", " ")) + (f" ({default})" if default else "")
+        g.add_argument(flag_of(name), dest=name, type=kind, metavar=_METAVAR.get(kind, "X"),
+                       help=text.replace("%", "%%"))
+
+
+_METAVAR: dict[type, str] = {int: "N", float: "X", str: "TEXT"}
+
+
+def _flag_type(annotation: Any) -> type:
+    """int, float or str: what argparse parses a field's flag as (lists stay text, split later)."""
+    for kind in (int, float):
+        if annotation is kind or kind in get_args(annotation):
+            return kind
+    return str
+
+
 def add_search_command(sub: Subcommands) -> None:
     p = sub.add_parser("search", help="search graphs with ASHA on Ray Tune; study in Optuna storage")
     p.add_argument("--spec-json", help="the whole search spec as JSON (the API's request body); flags below override")
-    p.add_argument("--nodes", type=int)
-    p.add_argument("--trials", type=int)
-    p.add_argument("--study", help="study name (required unless in --spec-json)")
-    add_data_args(p, default_dataset=None)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--target-model", help="model of node 1 (default resnet32)")
-    p.add_argument("--models", help="comma-separated choices for the other nodes (default resnet32,resnet110,wrn28-2)")
-    p.add_argument("--gates", help="comma-separated gate choices (default all four)")
-    p.add_argument("--losses", help="comma-separated losses for non-label edges, e.g. kl,cm,lkd (default kl)")
-    p.add_argument("--reduction-factor", type=int, help="ASHA reduction factor (default 2)")
-    p.add_argument("--grace-epochs", type=int,
-                   help="epochs before ASHA's first rung (default: once the lr warm-up is over)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int,
-                   help=f"linear lr warm-up steps (default {Recipe().warmup_steps}; 0 = the paper's recipe)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-retries", type=int,
-                   help="restarts of a trial whose worker died, from its last checkpoint (default 2)")
-    p.add_argument("--keep-best", type=int,
-                   help="COMPLETE trials whose checkpoint (trained weights) is kept: the top K (default 5)")
-    p.add_argument("--checkpoint-gb", type=float,
-                   help="disk for PRUNED trials' checkpoints, which a re-drawn graph continues (default 2)")
+    add_spec_flags(p)
     p.add_argument("--storage", help="postgresql://user@host/db or sqlite:///file.db (default $KTG_STORAGE, "
                                      "else sqlite:///ktg-studies.db)")
     p.add_argument("--workers", type=int, default=env_number(WORKERS_ENV, int),
@@ -106,6 +127,6 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from search.compare_cli import run_compare_command
+    from search.compare.command import run_compare_command
 
     return run_compare_command(args)

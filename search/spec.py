@@ -33,27 +33,31 @@ class SearchSpec(BaseModel):
     name: Annotated[str, Field(pattern=STUDY_NAME_PATTERN, description="Study name (letters, digits, _ . -)")]
     nodes: Annotated[int, Field(ge=2, le=10, description="Number of networks, label node excluded")]
     trials: Annotated[int, Field(ge=1, le=100_000, description="Trial budget")]
-    dataset: str = Field(default="digits", json_schema_extra={"enum": dataset_names()})
-    data_dir: str | None = None
+    dataset: str = Field(default="digits", description="Dataset name",
+                         json_schema_extra={"enum": dataset_names()})
+    data_dir: str | None = Field(default=None, description="Folder holding the dataset (never downloaded)")
     classes: str | None = Field(default=None, description="Class subset, e.g. '0-49'")
     train_size: Annotated[int | None, Field(ge=2, le=10_000_000, description=(
         "Class-balanced, seeded subset of the training split; the validation split is carved from it"))] = None
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = Recipe.epochs
-    target_model: str = "resnet32"
-    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
-    gates: list[str] = Field(default_factory=lambda: list(GATES), min_length=1,
+    epochs: Annotated[int, Field(ge=1, le=10_000, description="Epochs of a full-budget trial")] = Recipe.epochs
+    target_model: str = Field(default="resnet32", description="Model of node 1, the target")
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1,
+                              description="Models the other nodes choose from")
+    gates: list[str] = Field(default_factory=lambda: list(GATES), min_length=1, description="Gates every edge chooses from",
                              json_schema_extra={"items": {"type": "string", "enum": list(GATES)}})
     losses: list[str] = Field(default_factory=lambda: ["kl"], min_length=1,
+                              description="Losses every non-label edge chooses from",
                               json_schema_extra={"items": {"type": "string", "enum": list(NETWORK_LOSSES)}})
-    reduction_factor: Annotated[int, Field(ge=2, le=16)] = 2
+    reduction_factor: Annotated[int, Field(ge=2, le=16, description="ASHA's reduction factor")] = 2
     grace_epochs: Annotated[int | None, Field(ge=1, le=10_000, description=(
         "Epochs before ASHA's first rung; default: when the lr warm-up is over"))] = None
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    batch_size: Annotated[int, Field(ge=2, le=65_536)] = Recipe.batch_size
-    lr: Annotated[float, Field(gt=0, le=10)] = Recipe.lr
+    val_fraction: Annotated[float, Field(gt=0, lt=1, description=(
+        "Share of the training split held out to validate on"))] = 0.2
+    batch_size: Annotated[int, Field(ge=2, le=65_536, description="Batch size")] = Recipe.batch_size
+    lr: Annotated[float, Field(gt=0, le=10, description="Learning rate")] = Recipe.lr
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000,
                                        description="Linear lr warm-up steps (0 = the paper's)")] = Recipe.warmup_steps
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed shared by every trial")] = 0
     max_retries: Annotated[int, Field(ge=0, le=100, description=(
         "Restarts of a trial whose process died (node lost, OOM kill), from its last checkpoint"))] = 2
     keep_best: Annotated[int, Field(ge=0, le=10_000, description=(

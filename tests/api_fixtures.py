@@ -23,7 +23,7 @@ from api.app import create_app
 from api.lifecycle import new_row
 from api.settings import Settings
 from search.spec import SearchSpec
-from search.storage import open_storage
+from search.study.storage import open_storage
 from tests.optuna_studies import fill_study
 from tests.waiting import free_port
 

@@ -12,15 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from search.storage import (
-    ATTR_CONTINUED_FROM,
-    ATTR_EPOCHS,
-    ATTR_ERROR,
-    ATTR_GRAPH,
-    ATTR_INTERRUPTED,
-    ATTR_RETRIES,
-    ATTR_SEED,
-)
+from search.study.contract import TrialAttr
 
 GRAPH = {
     "format": "ktg-graph/1",
@@ -50,17 +42,17 @@ def fill_study(storage: optuna.storages.BaseStorage, name: str, n_trials: int, e
         stop = epochs if kind == "complete" else rungs[min(int(rng.expovariate(0.7)), len(rungs) - 1)]
         history = {e: round(min(0.99, 0.1 + 0.8 * (1 - 0.9 ** e) * rng.uniform(0.8, 1.0)), 4)
                    for e in range(1, stop + 1)}
-        attrs: dict[str, Any] = {ATTR_GRAPH: GRAPH, ATTR_SEED: 0, ATTR_EPOCHS: stop}
+        attrs: dict[str, Any] = {TrialAttr.GRAPH: GRAPH, TrialAttr.SEED: 0, TrialAttr.EPOCHS: stop}
         state = {"pruned": TrialState.PRUNED, "complete": TrialState.COMPLETE, "fail": TrialState.FAIL,
                  "running": TrialState.RUNNING, "interrupted": TrialState.FAIL}[kind]
         if kind == "interrupted":
-            attrs[ATTR_INTERRUPTED] = True
+            attrs[TrialAttr.INTERRUPTED] = True
         if kind == "fail":
-            attrs[ATTR_ERROR] = f"NonFiniteLoss: node 1: loss became NaN or inf in epoch {stop}"
+            attrs[TrialAttr.ERROR] = f"NonFiniteLoss: node 1: loss became NaN or inf in epoch {stop}"
         if kind in {"pruned", "complete"} and rng.random() < 0.1:  # its worker was lost once or twice
-            attrs[ATTR_RETRIES] = rng.choice([1, 2])
+            attrs[TrialAttr.RETRIES] = rng.choice([1, 2])
         if kind in {"pruned", "complete"} and number and rng.random() < 0.1:  # a twin of an earlier draw
-            attrs[ATTR_CONTINUED_FROM] = rng.randrange(number)
+            attrs[TrialAttr.CONTINUED_FROM] = rng.randrange(number)
         value = history[stop] if kind in {"pruned", "complete"} else None
         trials.append(create_trial(state=state, value=value, intermediate_values=history, user_attrs=attrs))
         if kind == "interrupted":  # re-queued with the same parameters, as the runner does

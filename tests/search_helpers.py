@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from api.processes import session_processes
 from ktg.graph import LABEL_NODE
-from search.storage import sqlalchemy_url
+from search.study.storage import sqlalchemy_url
 
 KTG = [sys.executable, "-m", "ktg.cli"]
 TINY_MODELS = ["--target-model", "resnet20", "--models", "resnet20,wrn16-1"]

@@ -1,5 +1,5 @@
 """The API app in-process on a real PostgreSQL, with no Ray: the study tables' schema,
-the status reads against ``search.storage``'s own helpers, listing, launching
+the status reads against ``search.study.storage``'s own helpers, listing, launching
 without Ray, cancelling, and the embedded SQLite default.
 
 Ray is configured at a closed port, so launching answers 503 and no search ever
@@ -24,16 +24,9 @@ from api.app import create_app
 from api.db import SCHEMA_VERSION, SchemaError, SchemaVersionRow, StudyRow, init_schema, make_engine
 from api.settings import Settings
 from search.spec import SearchSpec
-from search.storage import (
-    ATTR_CONTINUED_FROM,
-    ATTR_ERROR,
-    ATTR_INTERRUPTED,
-    ATTR_RETRIES,
-    best_trials,
-    open_storage,
-    trial_counts,
-)
-from search.study_queries import study_figures
+from search.study.contract import TrialAttr
+from search.study.queries import study_figures
+from search.study.storage import best_trials, open_storage, trial_counts
 from tests.api_fixtures import (  # noqa: F401
     ALICE,
     BOB,
@@ -65,7 +58,7 @@ def test_schema_is_versioned_and_refuses_a_newer_one(client: TestClient, app_set
         engine.dispose()
 
 
-# -- status reads agree with search.storage -----------------------------------------------------
+# -- status reads agree with search.study.storage -----------------------------------------------------
 
 def test_status_counts_and_best_match_the_storage_helpers(client: TestClient, app: FastAPI,
                                                           filled: tuple[str, optuna.Study]) -> None:
@@ -101,10 +94,10 @@ def test_trials_pages_cover_the_study_in_order(client: TestClient, filled: tuple
         assert got["state"] == trial.state.name.lower()
         assert got["val_acc"] == trial.value
         assert [(h["epoch"], h["val_acc"]) for h in got["history"]] == sorted(trial.intermediate_values.items())
-        assert got["interrupted"] == bool(trial.user_attrs.get(ATTR_INTERRUPTED))
-        assert got["error"] == trial.user_attrs.get(ATTR_ERROR)
-        assert got["retries"] == trial.user_attrs.get(ATTR_RETRIES, 0)
-        assert got["continued_from"] == trial.user_attrs.get(ATTR_CONTINUED_FROM)
+        assert got["interrupted"] == bool(trial.user_attrs.get(TrialAttr.INTERRUPTED))
+        assert got["error"] == trial.user_attrs.get(TrialAttr.ERROR)
+        assert got["retries"] == trial.user_attrs.get(TrialAttr.RETRIES, 0)
+        assert got["continued_from"] == trial.user_attrs.get(TrialAttr.CONTINUED_FROM)
     assert any(t["retries"] for t in seen) and any(t["continued_from"] is not None for t in seen)
     pruned = client.get(f"/v1/studies/{study_id}/trials", params={"state": "pruned", "limit": 500},
                         headers=ALICE).json()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from search.stats import mean_interval, paired_difference
+from search.compare.stats import mean_interval, paired_difference
 
 CE = {"source": 0, "loss": "ce", "gate": "through"}
 

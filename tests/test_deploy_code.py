@@ -35,7 +35,7 @@ def known_env_names() -> set[str]:
     from api.settings import ENV_NAMES
     from ktg.teachers import CACHE_ENV
     from search.commands import RESOURCE_ENV
-    from search.storage import STORAGE_ENV
+    from search.study.storage import STORAGE_ENV
 
 
     return {*ENV_NAMES, *RESOURCE_ENV, CACHE_ENV, STORAGE_ENV}

@@ -55,7 +55,7 @@ def test_no_floor_imports_a_floor_above_it() -> None:
     ("ktg", "import api.server\n", True),
     ("search", "from api import app\n", True),
     ("search", "from ktg.graph import Graph\n", False),
-    ("api", "import search.storage\n", False),
+    ("api", "import search.study.storage\n", False),
     ("ktg", "from . import graph\n", False),                         # relative: within the floor
 ])
 def test_the_check_sees_imports_at_any_depth(tmp_path: Path, floor: str, statement: str, upward: bool) -> None:
@@ -67,7 +67,7 @@ def test_the_check_sees_imports_at_any_depth(tmp_path: Path, floor: str, stateme
 
 # The processes that only orchestrate: the search driver (``ktg search``) and the API's
 # server. torch is ~470 MiB of a process's memory, and only trials and ``ktg train`` need it.
-TORCH_FREE = ("search.cli", "search.driver", "api.app")
+TORCH_FREE = ("search.cli", "search.tune.driver", "api.app")
 
 
 def test_the_driver_and_the_api_do_not_import_torch() -> None:

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from search.storage import sqlalchemy_url
+from search.study.storage import sqlalchemy_url
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 from tests.search_helpers import KTG, ktg_env
 

@@ -2,7 +2,7 @@
 
 A draw whose target would be frozen is FAIL with ``skipped`` and does not use up
 the budget, on a first run and on ``--resume``, in the search's own count, in
-``search.storage`` and in the API's SQL counts. A space with nothing trainable
+``search.study.storage`` and in the API's SQL counts. A space with nothing trainable
 is refused up front, and an untrainable draw is followed by its repair, so a
 sampler stuck on one never loops.
 """
@@ -17,10 +17,11 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from search.searcher import GraphSearcher, Tally
 from search.spec import SearchSpec, spec_error_lines
-from search.storage import counted, finished_count, open_storage, trial_counts
-from search.study_queries import study_figures
+from search.study.contract import counted
+from search.study.queries import study_figures
+from search.study.storage import finished_count, open_storage, trial_counts
+from search.tune.searcher import GraphSearcher, Tally
 from tests.search_helpers import FINAL, ktg_env, load, run_ktg
 
 FIRST_TRIALS, RESUMED_TRIALS = 6, 9

@@ -16,11 +16,11 @@ from tests.search_helpers import nan_fault_env
 
 PROBE = """
 import math, pickle, sys
-import search.trial
+import search.tune.trial
 from ktg.data.spec import DataSpec
 
-trainable = search.trial.train_trial
-assert hasattr(trainable, "__wrapped__"), "the hook did not wrap search.trial.train_trial"
+trainable = search.tune.trial.train_trial
+assert hasattr(trainable, "__wrapped__"), "the hook did not wrap search.tune.trial.train_trial"
 assert pickle.loads(pickle.dumps(trainable)) is trainable  # by reference, as Ray pickles it
 
 hook = sys.modules["sitecustomize"]

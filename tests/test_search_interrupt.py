@@ -24,7 +24,8 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from api.processes import session_processes
-from search.storage import counted, sqlalchemy_url
+from search.study.contract import counted
+from search.study.storage import sqlalchemy_url
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 from tests.search_helpers import (
     FINAL,

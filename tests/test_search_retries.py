@@ -29,7 +29,8 @@ from ktg.graph import Graph
 from ktg.teachers import TeacherCache
 from ktg.trainer import train_graph
 from search.spec import SearchSpec
-from search.storage import STUDY_ATTR_SPEC, sqlalchemy_url
+from search.study.contract import STUDY_ATTR_SPEC
+from search.study.storage import sqlalchemy_url
 from tests.ray_cluster import alive_nodes, cluster_env, join_node, start_head, trial_workers
 from tests.search_helpers import KTG, TINY_MODELS, nan_fault_env, reap_session
 from tests.waiting import wait_for

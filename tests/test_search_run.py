@@ -33,7 +33,7 @@ from ktg.errors import KtgError
 from ktg.graph import Graph
 from search.space import describe_size, space_size
 from search.spec import SearchSpec
-from search.storage import counted
+from search.study.contract import counted
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 from tests.search_helpers import (
     FINAL,

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from ktg.recipe import Recipe
-from search.driver import asha_schedule
 from search.spec import SearchSpec
+from search.tune.schedule import asha_schedule
 
 DIGITS_TRAIN = 1150  # digits' 1437 training images less the 20 % validation split
 

@@ -16,7 +16,7 @@ from optuna.trial import FixedTrial
 from ktg.graph import LABEL_NODE, Graph
 from search.space import describe_size, sample_graph, space_size
 from search.spec import SearchSpec
-from search.storage import masked
+from search.study.storage import masked
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 from tests.search_helpers import TINY_SPEC, brute_force_space
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.twins import Twins
+from search.tune.twins import Twins
 
 
 def graph(edges: list[tuple[int, int, str]], model_2: str = "resnet8") -> dict:

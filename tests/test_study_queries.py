@@ -1,5 +1,5 @@
-"""The SQL reads of a study (``search.study_queries``) and the storage's study rules
-(``search.storage``) say what Optuna's own API says about the same study.
+"""The SQL reads of a study (``search.study.queries``) and the storage's study rules
+(``search.study.storage``) say what Optuna's own API says about the same study.
 
 One study per database, SQLite and a real PostgreSQL, shaped like an ASHA search
 (every trial state, re-queued trials) plus the cases the rules single out: a
@@ -21,29 +21,21 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState, create_trial
 from sqlalchemy.orm import Session
 
-from search.storage import (
-    ATTR_CONTINUED_FROM,
-    ATTR_EPOCHS,
-    ATTR_ERROR,
-    ATTR_GRAPH,
-    ATTR_INTERRUPTED,
-    ATTR_REPAIR_OF,
-    ATTR_RETRIES,
-    ATTR_SEED,
-    ATTR_SKIPPED,
-    best_trials,
-    finished_count,
-    open_storage,
-    trial_counts,
-)
-from search.study_queries import list_trials, optuna_study_id, study_figures
+from search.study.contract import TRIAL_ATTRS, TrialAttr
+from search.study.queries import list_trials, optuna_study_id, study_figures
+from search.study.storage import best_trials, finished_count, open_storage, trial_counts
 from tests.optuna_studies import GRAPH, fill_study
 from tests.postgres import postgres_url  # noqa: F401
 
 NAME = "queries.mixed"
 STATES = ("complete", "pruned", "fail", "running", "waiting")
-KTG_ATTRS = {ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR, ATTR_RETRIES,
-             ATTR_CONTINUED_FROM, ATTR_REPAIR_OF}
+# The attribute names ktg writes, spelled out: they are read by plain Optuna and SQL users too.
+KTG_ATTRS = {"graph", "seed", "epochs_done", "skipped", "interrupted", "error", "retries", "continued_from",
+             "repair_of", "retry_of"}
+
+
+def test_the_contract_names_every_attribute_ktg_writes() -> None:
+    assert {str(a) for a in TRIAL_ATTRS} == KTG_ATTRS
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -58,10 +50,10 @@ def storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.999, intermediate_values={12: 0.999},
                                  user_attrs={"note": "made by hand, no graph"}))
     study.add_trial(create_trial(state=TrialState.FAIL, intermediate_values={1: 0.25, 2: math.nan},
-                                 user_attrs={ATTR_GRAPH: GRAPH, ATTR_SEED: 0, ATTR_EPOCHS: 2,
-                                             ATTR_ERROR: "NonFiniteLoss: node 1: loss became NaN or inf in epoch 2"}))
+                                 user_attrs={TrialAttr.GRAPH: GRAPH, TrialAttr.SEED: 0, TrialAttr.EPOCHS: 2,
+                                             TrialAttr.ERROR: "NonFiniteLoss: node 1: loss became NaN or inf in epoch 2"}))
     study.add_trial(create_trial(state=TrialState.PRUNED, value=0.5, intermediate_values={1: 0.5},
-                                 user_attrs={ATTR_GRAPH: GRAPH, ATTR_SKIPPED: "frozen target", "retry_of": 3}))
+                                 user_attrs={TrialAttr.GRAPH: GRAPH, TrialAttr.SKIPPED: "frozen target", "retry_of": 3}))
     yield storage
     storage.engine.dispose()
 
@@ -82,7 +74,7 @@ def known(value: float | None) -> float | None:
 def test_counts_finished_and_best_match_optuna(storage: RDBStorage) -> None:
     study = optuna_study(storage)
     trials = study.get_trials()
-    by_state = Counter(t.state.name.lower() for t in trials if not t.user_attrs.get(ATTR_INTERRUPTED))
+    by_state = Counter(t.state.name.lower() for t in trials if not t.user_attrs.get(TrialAttr.INTERRUPTED))
     expected_counts = {name: by_state[name] for name in STATES}
     assert expected_counts["waiting"] > 0 and len(trials) > sum(expected_counts.values())  # re-queued ones exist
 
@@ -92,7 +84,7 @@ def test_counts_finished_and_best_match_optuna(storage: RDBStorage) -> None:
     finished = expected_counts["complete"] + expected_counts["pruned"] + expected_counts["fail"]
     assert figures.finished == finished == finished_count(study)
 
-    with_graph = [t for t in trials if ATTR_GRAPH in t.user_attrs and known(t.value) is not None]
+    with_graph = [t for t in trials if TrialAttr.GRAPH in t.user_attrs and known(t.value) is not None]
     complete = sorted((t for t in with_graph if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
     assert study.best_value == 0.999 > complete[0].value  # Optuna's best has no graph: never ktg's best
     assert figures.best_complete_val_acc == complete[0].value

@@ -26,7 +26,7 @@ from ktg.recipe import Recipe
 from ktg.run_state import RunState
 from ktg.teachers import TeacherCache
 from ktg.trainer import RunResult, train_graph
-from search.trial_checkpoints import CheckpointBook, book_of, drop_older_checkpoints, folder_bytes
+from search.tune.checkpoints import CheckpointBook, book_of, drop_older_checkpoints, folder_bytes
 from tests.conftest import DIGITS_VAL
 from tests.search_helpers import TINY_MODELS, ktg_env, load, run_ktg
 
@@ -111,7 +111,7 @@ def ray_trial_dirs(out: Path) -> dict[int, Path]:
     return {json.loads(p.read_text())["trial_number"]: p.parent for p in out.glob("ray/*/*/params.json")}
 
 
-# -- which checkpoints a search keeps (search.trial_checkpoints) ----------------------------------
+# -- which checkpoints a search keeps (search.tune.checkpoints) ----------------------------------
 
 def fake_trial_dir(root: Path, number: int, size: int, index: int = 0) -> Path:
     """A Tune trial folder holding one checkpoint folder of ``size`` bytes."""

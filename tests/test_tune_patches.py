@@ -1,4 +1,4 @@
-"""The Ray Tune fix of ``search.tune_patches``: a dead actor's leftover failure never ends a requeued trial."""
+"""The Ray Tune fix of ``search.tune.patches``: a dead actor's leftover failure never ends a requeued trial."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
 
-from search.tune_patches import ignore_stale_actor_failures
+from search.tune.patches import ignore_stale_actor_failures
 
 
 def stub_trial(status: str) -> Trial:

@@ -27,11 +27,11 @@ from api.deps import (
     get_tenant,
     reject_unknown_query,
 )
-from api.schemas import BestGraph, BestList, ErrorOut, StudyPage, StudyState, StudyStatus, TrialPage
+from api.schemas import BestGraph, BestList, ErrorOut, StudyPage, StudyStatus, TrialPage
 from api.status import PREFIX, study_status, summary
 from ktg.graph import Graph
 from search.spec import SearchSpec
-from search.storage import TrialStateName
+from search.study.contract import StudyState, TrialStateName
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},

@@ -226,7 +226,7 @@ def acc(row: dict[str, Any]) -> str:
 
 
 def paired(report: dict[str, Any], base: str, other: str) -> Any:
-    from search.stats import paired_difference
+    from search.compare.stats import paired_difference
 
     rows = {g["name"]: g for g in report["graphs"]}
     a, b = rows[base]["test_acc_per_seed"], rows[other]["test_acc_per_seed"]
@@ -320,7 +320,7 @@ def write_page(s: Scale, smoke: bool, storage: str, report: dict[str, Any], top_
                seconds: float, figures: Path, doc: Path) -> str:
     from scipy.stats import spearmanr
 
-    from search.stats import paired_difference  # noqa: F401  (the page's CIs are this function's)
+    from search.compare.stats import paired_difference  # noqa: F401  (the page's CIs are this function's)
 
     rel = figures.relative_to(doc.parent)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

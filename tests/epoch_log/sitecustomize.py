@@ -8,7 +8,7 @@ that process and in every Ray process it starts, which inherit its environment.
 * ``KTG_TEST_EPOCH_LOG=FILE``: every epoch ``ktg.trainer`` trains appends one
   JSON line ``{"graph": ..., "epoch": e}`` to FILE (the graph without ``meta``),
   so a test can count how often each epoch of each graph was trained.
-* ``KTG_TEST_NO_TWINS=1``: the searcher never finds a twin (``search.twins.Twins.of``
+* ``KTG_TEST_NO_TWINS=1``: the searcher never finds a twin (``search.tune.twins.Twins.of``
   answers None): the same search without the shortcut, for comparison.
 """
 
@@ -71,6 +71,6 @@ _patches: dict[str, Callable[[ModuleType], None]] = {}
 if os.environ.get(EPOCH_LOG_ENV):
     _patches["ktg.trainer"] = log_epochs
 if os.environ.get(NO_TWINS_ENV) == "1":
-    _patches["search.twins"] = no_twins
+    _patches["search.tune.twins"] = no_twins
 if _patches:
     sys.meta_path.insert(0, WrapOnImport(_patches))

@@ -5,7 +5,7 @@ The product knows nothing of this. A test that wants trials 1 and 4 of a
 and ``KTG_FAULT_NAN_TRIALS=1,4`` (``tests.search_helpers.nan_fault_env``).
 Python imports ``sitecustomize`` at start-up in that process and in every Ray
 process it starts (they inherit its environment), so the hook reaches the
-workers that train. There it wraps ``search.trial.train_trial`` as the module
+workers that train. There it wraps ``search.tune.trial.train_trial`` as the module
 is imported: for a chosen trial number, the run's data (the first
 ``DataSpec.load`` of the trial; teachers load theirs clean) comes back with a
 NaN normalisation mean, which is a real NaN through the real training path.
@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 FAULT_ENV = "KTG_FAULT_NAN_TRIALS"  # comma-separated Optuna trial numbers
-TRAINABLE_MODULE, TRAINABLE = "search.trial", "train_trial"
+TRAINABLE_MODULE, TRAINABLE = "search.tune.trial", "train_trial"
 
 
 def poisoned_trials() -> set[int]:
@@ -61,7 +61,7 @@ def poisoning(train_trial: Callable[..., None], trials: set[int]) -> Callable[..
 
 
 class WrapTrainableOnImport(importlib.abc.MetaPathFinder):
-    """Finds ``search.trial`` as usual, and wraps its trainable right after the module runs."""
+    """Finds ``search.tune.trial`` as usual, and wraps its trainable right after the module runs."""
 
     def __init__(self, trials: set[int]) -> None:
         self.trials = trials

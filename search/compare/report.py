@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ktg.graph import TARGET_NODE
-from ktg.report import fmt_acc, table
-from search.compare import CompareSetup, JobResult
-from search.stats import CONFIDENCE, PairedDifference, mean_interval, paired_difference
+from ktg.report import fmt_acc, mean_std, table
+from search.compare.jobs import CompareSetup, JobResult
+from search.compare.stats import CONFIDENCE, PairedDifference, mean_interval, paired_difference
 
 REPORT_FORMAT = "ktg-compare/1"
 
@@ -103,8 +102,7 @@ def write_json(path: Path, rows: Sequence[GraphSummary], setup: CompareSetup, se
     graphs = []
     for row in rows:
         d = row.versus_baseline
-        mean = statistics.fmean(row.accs) if row.accs else None
-        std = statistics.stdev(row.accs) if len(row.accs) > 1 else (0.0 if row.accs else None)
+        mean, std = mean_std(row.accs) if row.accs else (None, None)
         graphs.append({
             "name": row.name, "file": row.file, "graph": row.graph, "target_model": row.target_model,
             "test_acc_per_seed": {str(s): a for s, a in row.per_seed.items()},

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from ktg.errors import KtgError
 from search.spec import SearchSpec
-from search.storage import ATTR_INTERRUPTED, STUDY_ATTR_SPEC
+from search.study.contract import STUDY_ATTR_SPEC, TrialAttr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -48,11 +48,11 @@ def interrupt_trial(storage: optuna.storages.BaseStorage, study_name: str, trial
     A trial interrupted before it drew anything has no graph to repeat; the
     budget (which does not count it) brings a fresh draw instead.
     """
-    storage.set_trial_user_attr(trial_id, ATTR_INTERRUPTED, True)
+    storage.set_trial_user_attr(trial_id, TrialAttr.INTERRUPTED, True)
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
     if params:
         again = optuna.load_study(study_name=study_name, storage=storage)
-        again.enqueue_trial(params, user_attrs={"retry_of": number})
+        again.enqueue_trial(params, user_attrs={TrialAttr.RETRY_OF: number})
 
 
 def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:

@@ -1,9 +1,9 @@
 """The driver side of a search: the Ray Tune searcher that owns the Optuna study.
 
 It runs in the driver process. It asks the study for each trial, samples its
-graph and hands Ray only what a worker needs to train it (``search.trial``);
+graph and hands Ray only what a worker needs to train it (``search.tune.trial``);
 every result comes back here and is told to the study, so each trial ends in
-the state it earned (see ``search.study``) and none is left RUNNING. Which
+the state it earned (see ``search.study.resume``) and none is left RUNNING. Which
 trial checkpoints stay on disk is decided here too, as trials end.
 """
 
@@ -21,20 +21,11 @@ from ray.tune.search import Searcher
 
 from search.space import repaired, sample_graph
 from search.spec import SearchSpec
-from search.storage import (
-    ATTR_CONTINUED_FROM,
-    ATTR_EPOCHS,
-    ATTR_ERROR,
-    ATTR_GRAPH,
-    ATTR_REPAIR_OF,
-    ATTR_RETRIES,
-    ATTR_SEED,
-    ATTR_SKIPPED,
-)
-from search.study import interrupt_trial
-from search.trial import ERROR, METRIC, TWIN
-from search.trial_checkpoints import CheckpointBook, Outcome, drop_older_checkpoints
-from search.twins import Twin, Twins
+from search.study.contract import Outcome, TrialAttr
+from search.study.resume import interrupt_trial
+from search.tune.checkpoints import CheckpointBook, drop_older_checkpoints
+from search.tune.trial import ERROR, METRIC, TWIN
+from search.tune.twins import Twin, Twins
 
 
 @dataclass
@@ -67,12 +58,12 @@ class GraphSearcher(Searcher):
     Unlike Ray's stock OptunaSearch it records ASHA-stopped trials as PRUNED
     (not COMPLETE) and errored/NaN trials as FAIL (never left RUNNING).
     ``worker_config`` is the machine's part of every trial's config (teacher
-    cache, device, CPUs), merged into what ``search.trial.train_trial`` gets.
+    cache, device, CPUs), merged into what ``search.tune.trial.train_trial`` gets.
     Untrainable draws are recorded (``skipped``) but not counted, and their
     repair is drawn next (``search.space.repaired``); a re-drawn
-    graph continues its twin (``search.twins``); each epoch is recorded once
+    graph continues its twin (``search.tune.twins``); each epoch is recorded once
     however often Tune restarts a trial (``retries``); and when a trial ends,
-    ``book`` decides whether its checkpoint stays (``search.trial_checkpoints``).
+    ``book`` decides whether its checkpoint stays (``search.tune.checkpoints``).
     """
 
     def __init__(self, study: optuna.Study, spec: SearchSpec, tally: Tally, worker_config: dict[str, Any],
@@ -107,27 +98,27 @@ class GraphSearcher(Searcher):
             trial = self.study.ask()
             self.live[trial_id] = trial  # from here on, an interruption must record it
             graph, skipped = sample_graph(trial, self.spec)
-            trial.set_user_attr(ATTR_SEED, self.spec.seed)
-            trial.set_user_attr(ATTR_GRAPH, graph)
+            trial.set_user_attr(TrialAttr.SEED, self.spec.seed)
+            trial.set_user_attr(TrialAttr.GRAPH, graph)
             if skipped:  # recorded, but not counted: --trials N means N trained graphs
-                trial.set_user_attr(ATTR_SKIPPED, skipped)
+                trial.set_user_attr(TrialAttr.SKIPPED, skipped)
                 self.study.tell(trial, state=TrialState.FAIL)
                 del self.live[trial_id]
                 self.tally.skipped += 1
                 # The next ask pops this repair (search.space.repaired), so draws never loop.
-                self.study.enqueue_trial(repaired(trial.params, self.spec), user_attrs={ATTR_REPAIR_OF: trial.number})
+                self.study.enqueue_trial(repaired(trial.params, self.spec), user_attrs={TrialAttr.REPAIR_OF: trial.number})
                 continue
             self.issued += 1
             self.tally.running += 1
             self.graphs[trial_id] = graph
-            # The spec reaches the worker once, through tune.with_parameters (search.driver): Tune
+            # The spec reaches the worker once, through tune.with_parameters (search.tune.driver): Tune
             # keeps several copies of every trial's config for the whole search.
             config = {"graph": graph, "trial_number": trial.number, **self.worker_config}
             twin = self.twins.of(graph)
-            if twin is not None:  # drawn before: continue where that trial stopped (search.twins)
+            if twin is not None:  # drawn before: continue where that trial stopped (search.tune.twins)
                 checkpoint = self.book.pin(twin.number)
                 self.continuing[trial_id] = (twin, checkpoint is not None)
-                trial.set_user_attr(ATTR_CONTINUED_FROM, twin.number)
+                trial.set_user_attr(TrialAttr.CONTINUED_FROM, twin.number)
                 config[TWIN] = {"number": twin.number, "values": list(twin.values),
                                 "checkpoint": str(checkpoint) if checkpoint is not None else None}
             return config
@@ -141,7 +132,7 @@ class GraphSearcher(Searcher):
         values = self.reported.setdefault(trial.number, {})
         if epoch > max(values, default=0):  # a trial restarted from a checkpoint may repeat an epoch
             trial.report(float(result[METRIC]), step=epoch)
-            trial.set_user_attr(ATTR_EPOCHS, epoch)
+            trial.set_user_attr(TrialAttr.EPOCHS, epoch)
             values[epoch] = float(result[METRIC])
             self.book.saw(trial.number, epoch, values[epoch])
 
@@ -170,7 +161,7 @@ class GraphSearcher(Searcher):
             reason = str(result[ERROR]) if result and ERROR in result else failure_reason(tune_trial)
             if result and ERROR in result and trial_dir is not None:
                 _write_error_file(trial_dir, reason)
-            trial.set_user_attr(ATTR_ERROR, reason)
+            trial.set_user_attr(TrialAttr.ERROR, reason)
             self.study.tell(trial, state=TrialState.FAIL)
             self.tally.failed += 1
             outcome = "fail"
@@ -210,7 +201,7 @@ class GraphSearcher(Searcher):
         if trial is None:
             return
         self.retries[trial_id] = self.retries.get(trial_id, 0) + 1
-        trial.set_user_attr(ATTR_RETRIES, self.retries[trial_id])
+        trial.set_user_attr(TrialAttr.RETRIES, self.retries[trial_id])
 
     def abandon_live(self, storage: optuna.storages.BaseStorage | None = None) -> int:
         """Ctrl-C, SIGTERM or an error in the driver: no trial may stay RUNNING.

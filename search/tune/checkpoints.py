@@ -1,8 +1,9 @@
 """Which trials keep their checkpoint on disk, and which lose it (the driver's side).
 
 Every trial reports a checkpoint (its ``ktg.run_state.RunState``) with each
-epoch's accuracy; Tune keeps only the latest per trial (``num_to_keep=1``). When
-a trial ends, this book decides what stays, so that the disk stays bounded:
+epoch's accuracy; while it runs, only its newest two are kept
+(``drop_older_checkpoints``: Tune's own ``num_to_keep`` is not used). When a
+trial ends, this book decides what stays, so that the disk stays bounded:
 
 * a FAIL trial's checkpoint is deleted (nobody continues a failure);
 * a COMPLETE trial's is kept while the trial is among the top ``keep_best``
@@ -24,14 +25,12 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.storage import ATTR_INTERRUPTED
+from search.study.contract import Outcome, TrialAttr
 
 CHECKPOINT_GLOB = "checkpoint_*"  # how Tune names a trial's checkpoint folders
-Outcome = Literal["complete", "pruned", "fail"]
 
 
 def checkpoint_folders(trial_dir: Path) -> list[Path]:
@@ -50,7 +49,7 @@ def drop_older_checkpoints(trial_dir: Path, keep: int = 2) -> None:
 
     Tune could do this itself (``CheckpointConfig.num_to_keep``), but then it copies
     the whole experiment folder after every reported checkpoint, which grows with
-    the trials (a 1,500-trial search slowed 5x by trial 1,300). Two, not one: the
+    the trials (README: Performance, the paper's scale). Two, not one: the
     driver may not have seen the newest yet when a lost worker is restarted.
     """
     for old in checkpoint_folders(trial_dir)[:-keep]:
@@ -202,6 +201,6 @@ def _outcome(trial: FrozenTrial | None) -> Outcome:
         return "fail"  # a folder its study does not know: nothing can continue it
     if trial.state == TrialState.COMPLETE:
         return "complete"
-    if trial.state == TrialState.PRUNED or trial.user_attrs.get(ATTR_INTERRUPTED):
+    if trial.state == TrialState.PRUNED or trial.user_attrs.get(TrialAttr.INTERRUPTED):
         return "pruned"
     return "fail"

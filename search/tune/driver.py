@@ -1,8 +1,8 @@
 """Run a study: ASHA on Ray Tune, every trial recorded truthfully in Optuna storage.
 
 This is the driver process of a search. It joins (or starts) Ray, hands Tune
-the worker-side trainable (``search.trial``) and the searcher that owns the
-study (``search.searcher``), and makes sure that however the run ends (its
+the worker-side trainable (``search.tune.trial``) and the searcher that owns the
+study (``search.tune.searcher``), and makes sure that however the run ends (its
 budget spent, Ctrl-C, SIGTERM from ``ray job stop``) no trial stays RUNNING.
 Workers never need the database or its password, and the driver never imports
 torch (``tests/test_layers.py`` holds it to that).
@@ -10,29 +10,26 @@ torch (``tests/test_layers.py`` holds it to that).
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import optuna
 from ray.tune import Callback
 
-from ktg.data.spec import DataSpec
-from search.searcher import GraphSearcher, Tally, TrialHandles, checkpoint_budget
+from ktg.teachers import default_cache_dir
+from search.local_ray import join_ray
 from search.spec import SearchSpec
-from search.storage import finished_count, open_storage
-from search.trial import METRIC, train_trial
-from search.trial_checkpoints import book_of
-from search.twins import Twins
+from search.study.storage import finished_count, open_storage
+from search.tune.checkpoints import book_of
+from search.tune.schedule import asha_schedule
+from search.tune.searcher import GraphSearcher, Tally, TrialHandles, checkpoint_budget
+from search.tune.trial import METRIC, train_trial
+from search.tune.twins import Twins
 
 DEFAULT_OUT_DIR = Path("runs/search")
 
@@ -49,53 +46,11 @@ class RunOptions:
     device: str = "auto"
 
     def worker_config(self) -> dict[str, Any]:
-        """The machine's part of every trial's config (see ``search.trial.train_trial``)."""
+        """The machine's part of every trial's config (see ``search.tune.trial.train_trial``)."""
         # A trial granted no GPU must not wander onto one: Ray does not hide them from it.
         device = "cpu" if self.device == "auto" and self.gpus_per_trial == 0 else self.device
-        return {"cache_dir": str(self.out_dir / "teachers"), "device": device, "cpus": self.cpus_per_trial}
-
-
-@dataclass(frozen=True)
-class AshaSchedule:
-    """Where ASHA may stop a trial: after ``grace`` epochs, then at every rung."""
-
-    grace: int
-    rungs: tuple[int, ...]  # epochs < the budget at which a trial can be stopped
-    warmup_epochs: int  # how long the recipe's lr warm-up lasts, in epochs
-
-    def describe(self) -> str:
-        where = ", ".join(map(str, self.rungs)) or "none (every trial runs to the end)"
-        return f"ASHA rungs at epochs {where} (lr warm-up over after epoch {self.warmup_epochs})"
-
-
-def _count_train_images(data: DataSpec) -> int:
-    return len(data.load().train_y)
-
-
-@cache
-def _train_images(data: DataSpec) -> int:
-    """How many images a trial trains on, read in a child process: reading data imports
-    torch, which the driver never does (it was ~470 MiB of the driver's ~1.1 GB at trial
-    1,500 of the scale run, README: Performance). A bad dataset's KtgError comes back."""
-    if "torch" in sys.modules:  # loaded already (a notebook, a test): a child would save nothing
-        return _count_train_images(data)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
-        return child.submit(_count_train_images, data).result()
-
-
-def asha_schedule(spec: SearchSpec) -> AshaSchedule:
-    """ASHA's rungs for ``spec``. With no ``grace_epochs`` the first rung comes once the lr
-    warm-up is over: before that, validation accuracies mostly measure how far up the lr
-    has climbed, and they lean against every graph that starts slowly by design (a
-    ``linear`` gate weighs almost nothing in the first epochs)."""
-    steps_per_epoch = max(1, _train_images(spec.data_spec()) // spec.batch_size)
-    warmup = spec.recipe().warmup_epochs(steps_per_epoch)
-    grace = min(spec.epochs, spec.grace_epochs or max(1, warmup))
-    rungs, epoch = [], grace
-    while epoch < spec.epochs:
-        rungs.append(epoch)
-        epoch *= spec.reduction_factor
-    return AshaSchedule(grace, tuple(rungs), warmup)
+        return {"cache_dir": str(default_cache_dir(self.out_dir / "teachers")), "device": device,
+                "cpus": self.cpus_per_trial}
 
 
 def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
@@ -139,11 +94,7 @@ def _start_ray(options: RunOptions) -> int:
     """Join the given Ray cluster, else start a local one; return how many trials run at once."""
     import ray
 
-    address = options.ray_address or os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        # "local" (not None): never join some other `ray start` cluster found in /tmp by accident.
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, configure_logging=True)
+    join_ray(options.ray_address)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     return options.workers or max(1, int(cpus // max(options.cpus_per_trial, 0.01)))
 
@@ -155,27 +106,28 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.tune_patches import ignore_stale_actor_failures
+    from search.tune.patches import ignore_stale_actor_failures
 
-    ignore_stale_actor_failures()  # a lost node's trial is retried, not failed (search.tune_patches)
+    ignore_stale_actor_failures()  # a lost node's trial is retried, not failed (search.tune.patches)
 
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=spec.epochs,
                               grace_period=asha_schedule(spec).grace, reduction_factor=spec.reduction_factor)
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     return tune.Tuner(
-        # The spec once, in Ray's object store, not in each of 1,500 trial configs: Tune keeps
-        # those (a driver grew 0.29 MiB per trial with it inside).
+        # The spec once, in Ray's object store, not in every trial's config: Tune keeps those
+        # for the whole search, so the driver would grow with the spec per trial (README: Performance).
         tune.with_resources(tune.with_parameters(train_trial, spec_fields=spec.model_dump()), resources),
-        # reuse_actors: a new worker process per trial costs ~2 s (5x the rest of the orchestration).
+        # reuse_actors: a new worker process per trial costs more than the rest of the
+        # orchestration together (README: Performance, search orchestration).
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
                                     max_concurrent_trials=workers, reuse_actors=True),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(experiment_dir(spec, options).parent),
                                   verbose=0, callbacks=[*callbacks, JsonLoggerCallback()],
                                   # No num_to_keep: with it Tune copies the whole experiment folder after
-                                  # every checkpoint; the searcher drops old ones (search.trial_checkpoints).
+                                  # every checkpoint; the searcher drops old ones (search.tune.checkpoints).
                                   checkpoint_config=tune.CheckpointConfig(),
                                   # A lost worker is retried from its checkpoint; a trial's own
-                                  # error ends it with a result instead (search.trial), never retried.
+                                  # error ends it with a result instead (search.tune.trial), never retried.
                                   failure_config=tune.FailureConfig(max_failures=spec.max_retries)),
     )
 

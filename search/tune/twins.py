@@ -17,7 +17,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from ktg.graph import TARGET_NODE, Graph
-from search.storage import ATTR_GRAPH, ATTR_INTERRUPTED, ATTR_SKIPPED
+from search.study.contract import TrialAttr
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Twin:
 
 def graph_key(graph: dict[str, Any]) -> str:
     """Graphs that train the target alike are twins, however they differ elsewhere
-    (a trial trains only ``Graph.training_graph(TARGET_NODE)``: see ``search.trial``)."""
+    (a trial trains only ``Graph.training_graph(TARGET_NODE)``: see ``search.tune.trial``)."""
     return Graph.from_dict(graph).training_key(TARGET_NODE)
 
 
@@ -67,7 +67,7 @@ class Twins:
         twins = cls()
         for t in sorted(trials, key=lambda t: t.number):
             continuable = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                t.state == TrialState.FAIL and t.user_attrs.get(ATTR_INTERRUPTED))
-            if continuable and ATTR_GRAPH in t.user_attrs and ATTR_SKIPPED not in t.user_attrs:
-                twins.offer(t.user_attrs[ATTR_GRAPH], t.number, t.intermediate_values)
+                t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.INTERRUPTED))
+            if continuable and TrialAttr.GRAPH in t.user_attrs and TrialAttr.SKIPPED not in t.user_attrs:
+                twins.offer(t.user_attrs[TrialAttr.GRAPH], t.number, t.intermediate_values)
         return twins

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 from ktg.data.spec import DataSpec
 from ktg.errors import KtgError
 from ktg.graph import TARGET_NODE, Graph
+from ktg.machine import atomic_write
 from ktg.recipe import Recipe
+from search.local_ray import join_ray
 
 if TYPE_CHECKING:
     from ktg.run import RunSetup  # imports torch: only a job needs it
@@ -150,9 +150,7 @@ def run_jobs(jobs: Sequence[Job], setup: CompareSetup, out_dir: Path, *, workers
     for result in runner(todo, setup, workers, ray_address) if todo else ():
         path = job_path(out_dir, result.name, result.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.to_json(), indent=1) + "\n")
-        tmp.replace(path)  # a killed compare never leaves half a file for --resume
+        atomic_write(path, json.dumps(result.to_json(), indent=1) + "\n")  # a killed compare leaves no half file
         results[result.name, result.seed] = result
         if on_result:
             on_result(result, False)
@@ -175,12 +173,7 @@ def _on_ray(todo: list[tuple[Job, str]], setup: CompareSetup, workers: int,
             ray_address: str | None) -> Iterator[JobResult]:
     import ray
 
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        # A local Ray sized to the workers; "local" never joins a stray `ray start` cluster.
-        local = {} if address else {"num_cpus": max(1, workers) * setup.threads}
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, configure_logging=True, **local)
+    join_ray(ray_address, num_cpus=max(1, workers) * setup.threads)  # a local Ray sized to the workers
     task = ray.remote(num_cpus=setup.threads, max_retries=1)(run_job)
     queue = list(todo)
     running: list[Any] = []

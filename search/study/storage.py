@@ -5,11 +5,9 @@ per-epoch validation accuracy (intermediate values), graph (user attribute
 ``graph``), seed and epochs reached. The URL may carry a password, so it is
 only ever shown masked.
 
-The study rules live here, and every floor reads them from here: the trial
-state names (``TrialStateName``), which trials count and which are finished
-(``counted``: neither re-queued nor skipped; ``FINISHED_STATES``), which trials are the best (``best_trials``),
-and the URL SQLAlchemy is given (``sqlalchemy_url``). ``search.study_queries``
-reads the same rules in SQL, for status polls.
+The names and rules are ``search.study.contract``'s; here they are applied through
+Optuna's API (trial counts, the best trials), and ``search.study.queries`` applies
+them in SQL for the service's status polls.
 """
 
 from __future__ import annotations
@@ -18,34 +16,17 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ktg.errors import KtgError
+from ktg.errors import KtgError, first_line
 from ktg.graph import Graph
+from search.study.contract import FINISHED_STATES, TRIAL_STATES, TrialAttr, counted
 
 STORAGE_ENV = "KTG_STORAGE"
 DEFAULT_STORAGE = "sqlite:///ktg-studies.db"
-
-# User attributes every trial carries (the contract with export and the API).
-ATTR_GRAPH = "graph"
-ATTR_SEED = "seed"
-ATTR_EPOCHS = "epochs_done"
-ATTR_SKIPPED = "skipped"          # sampled but never trained (e.g. frozen target)
-ATTR_REPAIR_OF = "repair_of"      # the skipped draw whose nearest trainable graph this trial is
-ATTR_INTERRUPTED = "interrupted"  # was RUNNING when its driver died; re-queued on resume
-ATTR_ERROR = "error"              # why a trial that raised or went NaN failed
-ATTR_RETRIES = "retries"          # times Tune restarted it from its checkpoint after its process died
-ATTR_CONTINUED_FROM = "continued_from"  # the earlier trial of the same graph whose epochs it took over
-STUDY_ATTR_SPEC = "spec"
-
-# The trial states users see, count and filter by: Optuna's own, named in lower case.
-TrialStateName = Literal["complete", "pruned", "fail", "running", "waiting"]
-TRIAL_STATES: dict[TrialStateName, TrialState] = {name: TrialState[name.upper()] for name in get_args(TrialStateName)}
-# A trial is over, having used its share of the budget, once it completed, was pruned or failed.
-FINISHED_STATES: tuple[TrialStateName, ...] = ("complete", "pruned", "fail")
 
 
 def storage_url(url: str | None) -> str:
@@ -97,9 +78,7 @@ def open_storage(url: str, *, quick: bool = False) -> optuna.storages.RDBStorage
 
 def _reason(exc: BaseException) -> str:
     """The first meaningful line of a driver error, without the SQL noise."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    return line.removeprefix("(psycopg.OperationalError) ")
+    return first_line(exc).removeprefix("(psycopg.OperationalError) ")
 
 
 def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -109,16 +88,6 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         raise KtgError(f"study: no study named {name!r} in this storage; existing: "
                        f"{', '.join(names) or 'none'}") from None
-
-
-def counted(trial: FrozenTrial) -> bool:
-    """Whether a trial counts against the budget.
-
-    Interrupted ones were re-queued (their copy counts); skipped ones (FAIL with
-    ``skipped``) were never trained: ``--trials N`` means N trained graphs.
-    """
-    skipped = trial.state == TrialState.FAIL and ATTR_SKIPPED in trial.user_attrs
-    return not trial.user_attrs.get(ATTR_INTERRUPTED) and not skipped
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -140,12 +109,12 @@ def finished_count(study: optuna.Study) -> int:
 def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
     """The top-k trials trained to the full budget (COMPLETE only), best first."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and ATTR_GRAPH in t.user_attrs]
+            if t.value is not None and TrialAttr.GRAPH in t.user_attrs]
     return sorted(done, key=lambda t: (-t.value, t.number))[:k]
 
 
 def graph_of(trial: FrozenTrial, study_name: str) -> Graph:
     """The trial's graph as a ``ktg-graph/1`` file with its provenance in ``meta``."""
-    graph = Graph.from_dict(trial.user_attrs[ATTR_GRAPH])
+    graph = Graph.from_dict(trial.user_attrs[TrialAttr.GRAPH])
     return graph.with_meta(study=study_name, trial=trial.number, val_acc=trial.value,
-                           seed=trial.user_attrs.get(ATTR_SEED), epochs=trial.user_attrs.get(ATTR_EPOCHS))
+                           seed=trial.user_attrs.get(TrialAttr.SEED), epochs=trial.user_attrs.get(TrialAttr.EPOCHS))

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 METRIC = "val_acc"  # what a trial reports each epoch: ASHA and the searcher read it
 STATE_FILE = "state.pt"  # the run state inside a trial checkpoint folder
 ERROR = "error"  # in a trial's last result: it failed by itself, say why and never retry it
-TWIN = "twin"  # in a trial's config: the earlier trial of the same graph it continues (search.twins)
+TWIN = "twin"  # in a trial's config: the earlier trial of the same graph it continues (search.tune.twins)
 
 
 def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:

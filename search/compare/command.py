@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ktg import cli as ktg_cli
 from ktg.errors import KtgError
 from ktg.report import console, out
-from search.compare import CompareSetup, Job, JobResult, run_jobs
-from search.compare_report import plot, render_table, summarise, write_json
+from search.compare.jobs import CompareSetup, Job, JobResult, run_jobs
+from search.compare.report import plot, render_table, summarise, write_json
 
 EXIT_PARTIAL = 1  # some graph or job failed; the others were still reported
 

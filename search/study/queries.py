@@ -1,13 +1,13 @@
 """Fast reads of a study's trials, in SQL on the Optuna storage's tables.
 
 Status is polled (dashboards, ``watch curl``, CI waiting for a study), so it
-must stay cheap however many trials a study holds. ``search.storage.trial_counts``
+must stay cheap however many trials a study holds. ``search.study.storage.trial_counts``
 loads every trial (parameters, attributes, every epoch's value) to count them;
 for a 1,500-trial study that is hundreds of milliseconds per poll. Here the
 database counts: a handful of indexed aggregate queries, a few milliseconds.
 
-The rules are ``search.storage``'s (trials marked ``interrupted`` were re-queued
-and FAIL trials marked ``skipped`` were never trained: neither counts; "finished" is ``FINISHED_STATES``; "best" means full-budget
+The rules are ``search.study.contract``'s (which trials count is built from its
+``UNCOUNTED`` table; "finished" is ``FINISHED_STATES``; "best" means full-budget
 COMPLETE trials with a graph), and ``tests/test_study_queries.py`` pins these
 reads to what Optuna's own API says about the same study. The table models are
 Optuna's own (``optuna.storages._rdb.models``): the schema Optuna migrates is
@@ -25,29 +25,14 @@ from typing import Any
 
 from optuna.storages._rdb import models as om
 from optuna.trial import TrialState
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from search.storage import (
-    ATTR_CONTINUED_FROM,
-    ATTR_EPOCHS,
-    ATTR_ERROR,
-    ATTR_GRAPH,
-    ATTR_INTERRUPTED,
-    ATTR_REPAIR_OF,
-    ATTR_RETRIES,
-    ATTR_SEED,
-    ATTR_SKIPPED,
-    TRIAL_STATES,
-    TrialStateName,
-    finished_in,
-)
+from search.study.contract import TRIAL_ATTRS, TRIAL_STATES, UNCOUNTED, TrialAttr, TrialStateName
+from search.study.storage import finished_in
 
 _STATE_NAMES: dict[TrialState, TrialStateName] = {state: name for name, state in TRIAL_STATES.items()}
 _FINITE = om.TrialValueModel.TrialValueType.FINITE
-# The user attributes a trial record carries (others, not written by ktg, are left out).
-TRIAL_ATTRS = (ATTR_GRAPH, ATTR_SEED, ATTR_EPOCHS, ATTR_SKIPPED, ATTR_INTERRUPTED, ATTR_ERROR, ATTR_RETRIES,
-               ATTR_CONTINUED_FROM, ATTR_REPAIR_OF)
 
 
 @dataclass
@@ -81,14 +66,16 @@ def optuna_study_id(session: Session, study_name: str) -> int | None:
     return session.execute(select(om.StudyModel.study_id).where(om.StudyModel.study_name == study_name)).scalar()
 
 
-def _attr_is(key: str, value_json: str) -> Any:
-    attr = om.TrialUserAttributeModel
-    return exists().where(and_(attr.trial_id == om.TrialModel.trial_id, attr.key == key, attr.value_json == value_json))
-
-
 def _has_attr(key: str) -> Any:
     attr = om.TrialUserAttributeModel
-    return exists().where(and_(attr.trial_id == om.TrialModel.trial_id, attr.key == key))
+    return exists().where(and_(attr.trial_id == om.TrialModel.trial_id, attr.key == str(key)))
+
+
+def _counted() -> Any:
+    """``search.study.contract.counted`` in SQL, built from the same table (``UNCOUNTED``)."""
+    trial = om.TrialModel
+    return ~or_(*(_has_attr(attr) if state is None else and_(trial.state == state, _has_attr(attr))
+                  for attr, state in UNCOUNTED.items()))
 
 
 def study_figures(session: Session, study_name: str) -> StudyFigures:
@@ -98,9 +85,7 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     if study_id is None:
         return figures
     trial = om.TrialModel
-    skipped = and_(trial.state == TrialState.FAIL, _has_attr(ATTR_SKIPPED))
-    counted = and_(~_attr_is(ATTR_INTERRUPTED, "true"), ~skipped)
-    for state, count in session.execute(select(trial.state, func.count()).where(trial.study_id == study_id, counted)
+    for state, count in session.execute(select(trial.state, func.count()).where(trial.study_id == study_id, _counted())
                                         .group_by(trial.state)):
         name = _STATE_NAMES.get(state)
         if name is not None:
@@ -109,7 +94,7 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     best = (select(trial.state, func.max(value.value))
             .join(value, value.trial_id == trial.trial_id)
             .where(trial.study_id == study_id, value.objective == 0, value.value_type == _FINITE,
-                   trial.state.in_((TrialState.COMPLETE, TrialState.PRUNED)), _has_attr(ATTR_GRAPH))
+                   trial.state.in_((TrialState.COMPLETE, TrialState.PRUNED)), _has_attr(TrialAttr.GRAPH))
             .group_by(trial.state))
     by_state = {state: _finite(v) for state, v in session.execute(best)}
     figures.best_complete_val_acc = by_state.get(TrialState.COMPLETE)
@@ -159,7 +144,7 @@ def _history(session: Session, ids: Sequence[int]) -> dict[int, list[tuple[int, 
 def _attrs(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     attr = om.TrialUserAttributeModel
     out: dict[int, dict[str, Any]] = {}
-    query = select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(ids), attr.key.in_(TRIAL_ATTRS))
+    query = select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(ids), attr.key.in_([str(a) for a in TRIAL_ATTRS]))
     for tid, key, raw in session.execute(query):
         try:
             out.setdefault(tid, {})[key] = json.loads(raw)
