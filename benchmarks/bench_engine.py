@@ -24,7 +24,8 @@ from ktg.device import Accel
 from ktg.graph import Graph
 from ktg.losses import kl_loss
 from ktg.models import build_model
-from ktg.trainer import Recipe, train_graph
+from ktg.recipe import Recipe
+from ktg.run import RunHooks, RunSetup
 
 CONFIGS = {
     "resnet32 x2": ["resnet32"] * 2,
@@ -56,8 +57,8 @@ def full_graph(models: list[str]) -> Graph:
 def seconds_per_step(graph: Graph, data: ImageData, batch: int, accel: Accel) -> float:
     recipe = Recipe(epochs=2, batch_size=batch)
     stamps: list[float] = []
-    train_graph(graph, data, recipe=recipe, accel=accel, evaluate_test=False,
-                on_batch=lambda epoch, i: stamps.append(time.perf_counter()) if epoch == 1 else None)
+    hooks = RunHooks(on_batch=lambda epoch, i: stamps.append(time.perf_counter()) if epoch == 1 else None)
+    RunSetup(data, accel).train(graph, recipe, hooks=hooks, evaluate_test=False)
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # epoch 2 only: warm caches
 
 

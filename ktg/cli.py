@@ -176,13 +176,15 @@ def _train_seeds(setup: RunSetup, graph: Graph, recipe: Recipe, seeds: list[int]
                  out_dir: Path | None) -> dict[int, _NodeRecord]:
     """Train the graph once per seed, with progress bars; save each seed's checkpoints under ``out_dir``."""
     from ktg.report import epoch_bars
+    from ktg.run import RunHooks
 
     records: dict[int, _NodeRecord] = {}
     batches = max(1, len(setup.data.train_y) // recipe.batch_size)
     for seed in seeds:
         label = f"seed {seed}" if len(seeds) > 1 else ""
         with epoch_bars(label, recipe.epochs, batches) as bars:
-            result = setup.train(graph, recipe, seed=seed, on_batch=bars.on_batch, on_epoch=bars.on_epoch)
+            hooks = RunHooks(on_batch=bars.on_batch, on_epoch=bars.on_epoch)
+            result = setup.train(graph, recipe, seed=seed, hooks=hooks)
         for nid, node in result.nodes.items():
             record = records.setdefault(nid, _NodeRecord())
             record.test.append(node.test_acc)

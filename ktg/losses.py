@@ -12,7 +12,7 @@ batch's :class:`EdgeInputs`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from ktg.edge_losses import EdgeLoss
+    from ktg.graph import Edge
 
 
 def ce_loss(logits_t: Tensor, labels: Tensor) -> Tensor:
@@ -220,3 +221,26 @@ def gate(values: Tensor, kind: str, *, progress: float, correct: Tensor | None) 
     if kind == "correct":
         return values if correct is None else torch.where(correct, values, torch.zeros_like(values))
     raise ValueError(f"unknown gate {kind!r}")
+
+
+# -- one node: the sum over its edges ------------------------------------------
+
+def node_loss(edges: Sequence[Edge], target: int, outputs: Mapping[int, tuple[Tensor, Tensor]], labels: Tensor, *,
+              progress: float, num_classes: int) -> Tensor:
+    """``L_t = mean_n sum_{edges s->t} w * G(l_{s,t}(n))``, every source detached.
+
+    ``outputs`` holds each node's (embedding, logits) on the batch; ``progress`` is
+    k / k_end for the linear gate. The edge table is ``ktg.edge_losses.EDGE_LOSSES``.
+    """
+    from ktg.edge_losses import EDGE_LOSSES
+    from ktg.graph import LABEL_NODE
+
+    terms = []
+    for e in edges:
+        loss = EDGE_LOSSES[e.loss]
+        inputs = edge_inputs(loss, e.gate, labels=labels, target=outputs[target],
+                             source=None if e.source == LABEL_NODE else outputs[e.source],
+                             temperature=e.temperature, num_classes=num_classes)
+        correct = source_correct(loss, inputs) if e.gate == "correct" else None
+        terms.append(e.weight * gate(per_sample(loss, inputs), e.gate, progress=progress, correct=correct))
+    return torch.stack(terms).sum(dim=0).mean()

@@ -1,14 +1,16 @@
-"""From a data spec to a trained graph: the one sequence every front end runs.
+"""Running a graph: the one public way, for every front end.
 
-``DataSpec`` -> the loaded data -> the teacher cache -> the device ->
-:func:`~ktg.trainer.train_graph`. ``ktg train``, a search trial and
-:func:`train` (the notebook's one call) all go through :class:`RunSetup`.
+``RunSetup`` holds what runs on one dataset share (the loaded data, the teacher
+cache, the device); ``RunSetup.train`` runs one graph, from scratch or from a
+saved ``RunState``, telling a ``RunHooks`` as it goes. ``ktg train``, ``ktg
+compare``, a search trial, the teacher cache and :func:`train` (the notebook's
+one call) all run graphs through it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ from ktg.data.spec import DataSpec
 from ktg.device import Accel
 from ktg.graph import Graph
 from ktg.recipe import Recipe
+from ktg.run_state import RunState
 from ktg.teachers import TeacherCache
-from ktg.trainer import BatchCallback, EpochCallback, RunResult, train_graph
+from ktg.trainer import NO_HOOKS, RunHooks, RunResult, train_graph
 
-__all__ = ["GraphSource", "RunSetup", "load_graph", "train"]
+__all__ = ["GraphSource", "RunHooks", "RunSetup", "load_graph", "train"]
 
 GraphSource = Graph | Mapping[str, Any] | str | os.PathLike[str]
 """A graph, its ``ktg-graph/1`` dict, or the path of its file."""
@@ -30,27 +33,36 @@ GraphSource = Graph | Mapping[str, Any] | str | os.PathLike[str]
 
 @dataclass(frozen=True)
 class RunSetup:
-    """What every run on one data spec shares: the loaded data, the teacher cache, the device."""
+    """What every run on one dataset shares: the loaded data, the device, the teacher cache.
 
-    spec: DataSpec
+    ``teachers`` pre-trains (once, cached) the frozen nodes that have no ``checkpoint``;
+    without it such a graph is an error. ``spec`` is the data's spec, when it came from one.
+    """
+
     data: ImageData
-    teachers: TeacherCache
     accel: Accel
+    teachers: TeacherCache | None = None
+    spec: DataSpec | None = None
 
     @classmethod
     def prepare(cls, spec: DataSpec, *, accel: Accel | None = None, cache_dir: str | Path | None = None,
                 quiet: bool = False) -> RunSetup:
         """Load ``spec``'s data (once) and open the teacher cache (``$KTG_CACHE_DIR`` when
         ``cache_dir`` is None); ``accel`` defaults to CUDA when present, else the CPU."""
-        accel = accel or Accel.resolve("auto")
-        return cls(spec, spec.load(), TeacherCache(spec, cache_dir, quiet=quiet), accel)
+        return cls(spec.load(), accel or Accel.resolve("auto"), TeacherCache(spec, cache_dir, quiet=quiet), spec)
 
-    def train(self, graph: Graph, recipe: Recipe = Recipe(), *, seed: int = 0,
-              on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None,
-              evaluate_test: bool = True) -> RunResult:
-        """Train ``graph`` on this setup's data; see :func:`~ktg.trainer.train_graph`."""
+    def train(self, graph: Graph, recipe: Recipe = Recipe(), *, seed: int = 0, hooks: RunHooks = NO_HOOKS,
+              resume: RunState | None = None, evaluate_test: bool = True) -> RunResult:
+        """Train every node of ``graph`` at once (KTG's Algorithm 1) and return their accuracies and weights.
+
+        With the same ``seed``, a node's initial weights depend only on (seed, node id,
+        model) and the batches only on the seed (DESIGN.md, determinism). ``resume``, a
+        state ``hooks.on_state`` was given by a run of this very graph, recipe and seed,
+        continues that run, ending (on the CPU) exactly as a run that never stopped.
+        ``evaluate_test=False`` skips the test split (a search selects on validation).
+        """
         return train_graph(graph, self.data, recipe=recipe, seed=seed, accel=self.accel, teachers=self.teachers,
-                           on_epoch=on_epoch, on_batch=on_batch, evaluate_test=evaluate_test)
+                           hooks=hooks, evaluate_test=evaluate_test, resume=resume)
 
 
 def load_graph(source: GraphSource) -> Graph:
@@ -67,7 +79,7 @@ def load_graph(source: GraphSource) -> Graph:
 def train(graph: GraphSource, dataset: str | DataSpec | ImageData = "digits", *, seed: int = 0,
           recipe: Recipe | None = None, device: str | Accel = "auto", data_dir: str | None = None,
           val_fraction: float = 0.0, cache_dir: str | Path | None = None,
-          on_epoch: EpochCallback | None = None, **recipe_fields: Any) -> RunResult:
+          on_epoch: Callable[[int, dict[int, float]], None] | None = None, **recipe_fields: Any) -> RunResult:
     """Train a graph on a dataset; return every node's accuracies and trained model.
 
     ``dataset`` is a dataset name (read from ``data_dir``, with ``val_fraction``
@@ -85,7 +97,8 @@ def train(graph: GraphSource, dataset: str | DataSpec | ImageData = "digits", *,
     if not isinstance(dataset, str) and (data_dir is not None or val_fraction != 0.0):
         raise TypeError("data_dir and val_fraction go with a dataset name; a DataSpec or ImageData has its own")
     if isinstance(dataset, ImageData):
-        return train_graph(the_graph, dataset, recipe=recipe, seed=seed, accel=accel, on_epoch=on_epoch)
-    spec = DataSpec(dataset, data_dir, val_fraction=val_fraction) if isinstance(dataset, str) else dataset
-    setup = RunSetup.prepare(spec, accel=accel, cache_dir=cache_dir)
-    return setup.train(the_graph, recipe, seed=seed, on_epoch=on_epoch)
+        setup = RunSetup(dataset, accel)
+    else:
+        spec = DataSpec(dataset, data_dir, val_fraction=val_fraction) if isinstance(dataset, str) else dataset
+        setup = RunSetup.prepare(spec, accel=accel, cache_dir=cache_dir)
+    return setup.train(the_graph, recipe, seed=seed, hooks=RunHooks(on_epoch=on_epoch))

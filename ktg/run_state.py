@@ -1,7 +1,7 @@
 """Where a graph run stands after an epoch: enough to continue it exactly.
 
-:func:`~ktg.trainer.train_graph` hands a :class:`RunState` to its ``on_state``
-callback after every epoch and takes one back as ``resume``. It holds every
+:meth:`ktg.run.RunSetup.train` hands a :class:`RunState` to its hooks'
+``on_state`` after every epoch and takes one back as ``resume``. It holds every
 trained node's weights and BatchNorm buffers, the optimizer's state (momentum
 buffers), the step counter (the lr schedule and the ``linear`` gate read it),
 the epochs done and the per-epoch validation accuracies so far. Nothing else is

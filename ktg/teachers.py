@@ -73,7 +73,7 @@ class TeacherCache:
     def _train(self, node: Node, data: ImageData, recipe: Recipe, seed: int, accel: Accel,
                path: Path) -> None:
         from ktg.checkpoints import write_state
-        from ktg.trainer import train_graph
+        from ktg.run import RunSetup
 
         if not self.quiet:
             print(f"ktg: pre-training teacher {node.model} on {data.name} "
@@ -83,7 +83,7 @@ class TeacherCache:
             "nodes": [{"id": TARGET_NODE, "model": node.model}],
             "edges": [{"source": LABEL_NODE, "target": TARGET_NODE, "loss": "ce", "gate": "through"}],
         })
-        result = train_graph(alone, data, recipe=recipe, seed=seed, accel=accel, teachers=self)
+        result = RunSetup(data, accel, teachers=self).train(alone, recipe, seed=seed)
         sidecar = {"model": node.model, "dataset": data.name, "test_acc": result.nodes[TARGET_NODE].test_acc,
                    "epochs": recipe.epochs, "seed": seed}
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -21,10 +21,9 @@ from torch import Tensor, nn
 from ktg.checkpoints import classifier_rows, load_checkpoint
 from ktg.data.loader import DeviceBatches
 from ktg.device import Accel
-from ktg.edge_losses import EDGE_LOSSES
 from ktg.errors import KtgError, first_line
-from ktg.graph import LABEL_NODE, Edge, Graph
-from ktg.losses import edge_inputs, gate, per_sample, source_correct
+from ktg.graph import LABEL_NODE, Graph
+from ktg.losses import node_loss
 from ktg.models import build_model
 from ktg.recipe import Recipe
 from ktg.run_state import RunState, run_key
@@ -34,14 +33,24 @@ if TYPE_CHECKING:
     from ktg.data import ImageData
     from ktg.teachers import TeacherCache
 
-EpochCallback = Callable[[int, dict[int, float]], None]
-"""Called after each epoch with (epochs done, {node id: validation accuracy})."""
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller hears of a run as it goes; each hook is optional.
 
-BatchCallback = Callable[[int, int], None]
-"""Called after each step with (epoch index, batches done in the epoch)."""
+    ``on_batch(epoch index, batches done in the epoch)`` after each step (a progress bar);
+    ``on_state(state)`` after each epoch, with the run's resumable state (save it to
+    continue from there: ``RunSetup.train(..., resume=state)``); then
+    ``on_epoch(epochs done, {node id: validation accuracy})``, which may raise to stop
+    the run early (ASHA does). The state is only built when ``on_state`` is given: it
+    copies every trained weight to the host.
+    """
 
-StateCallback = Callable[[RunState], None]
-"""Called after each epoch (before ``on_epoch``) with the run's state: save it to resume from there."""
+    on_batch: Callable[[int, int], None] | None = None
+    on_epoch: Callable[[int, dict[int, float]], None] | None = None
+    on_state: Callable[[RunState], None] | None = None
+
+
+NO_HOOKS = RunHooks()
 
 EVAL_BATCH = 1024
 
@@ -76,20 +85,12 @@ class RunResult:
                 for nid, m in self.models.items()}
 
 
-def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), seed: int = 0,
-                accel: Accel | None = None, teachers: TeacherCache | None = None,
-                on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None,
-                evaluate_test: bool = True, resume: RunState | None = None,
-                on_state: StateCallback | None = None) -> RunResult:
-    """Train ``graph`` on ``data`` and return every node's accuracies and weights.
-
-    ``on_epoch`` may raise to stop the run early (the search uses this for ASHA).
-    ``on_state`` receives the run's state after each epoch; ``resume`` (a state
-    of this very graph, recipe and seed) continues the run from there, ending
-    (on the CPU) exactly as a run that never stopped.
-    """
+def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe, seed: int, accel: Accel,
+                teachers: TeacherCache | None, hooks: RunHooks = NO_HOOKS, evaluate_test: bool = True,
+                resume: RunState | None = None) -> RunResult:
+    """Algorithm 1 on ``data``: every node's accuracies and weights. Callers go through
+    :meth:`ktg.run.RunSetup.train`, which documents the arguments."""
     recipe.check()
-    accel = accel or Accel.resolve("auto")
     # Read checkpoints up front, so a bad one fails before anything trains.
     checkpoints = {nid: load_checkpoint(graph.node(nid).checkpoint or "")
                    for nid in graph.frozen_ids if graph.node(nid).checkpoint}
@@ -110,14 +111,14 @@ def train_graph(graph: Graph, data: ImageData, *, recipe: Recipe = Recipe(), see
         for nid, accs in resume.val_acc.items():
             results[nid].val_acc = list(accs)
     for epoch in range(resume.epochs_done if resume else 0, recipe.epochs):
-        run.train_epoch(epoch, on_batch)
+        run.train_epoch(epoch, hooks.on_batch)
         accs = run.accuracy("val") if data.val_x is not None else {}
         for nid, acc in accs.items():
             results[nid].val_acc.append(acc)
-        if on_state is not None:
-            on_state(run.state(key, epoch + 1, {nid: results[nid].val_acc for nid in scored}))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, accs)
+        if hooks.on_state is not None:
+            hooks.on_state(run.state(key, epoch + 1, {nid: results[nid].val_acc for nid in scored}))
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(epoch + 1, accs)
     if evaluate_test:
         for nid, acc in run.accuracy("test").items():
             results[nid].test_acc = acc
@@ -139,7 +140,7 @@ def _build_models(graph: Graph, data: ImageData, recipe: Recipe, seed: int, acce
             else:
                 if teachers is None:
                     raise KtgError(f"nodes[id={node.id}]: frozen with no checkpoint, so it must be pre-trained; "
-                                   "pass teachers=TeacherCache(DataSpec(...)) to train_graph")
+                                   "run it through RunSetup.prepare(DataSpec(...)), whose teacher cache trains it")
                 state, num_classes = teachers.pretrained(node, data, recipe=recipe, seed=seed, accel=accel)
         # The determinism contract: initial weights depend only on (seed, node id, model).
         torch.manual_seed(derive_seed(seed, "init", node.id, node.model))
@@ -157,12 +158,6 @@ def _build_models(graph: Graph, data: ImageData, recipe: Recipe, seed: int, acce
 
 
 # -- the training loop ------------------------------------------------------------
-
-@dataclass
-class _Outputs:
-    embedding: Tensor
-    logits: Tensor
-
 
 class _GraphRun:
     """The state of one graph run: models, optimizer, step count, data stream."""
@@ -209,7 +204,7 @@ class _GraphRun:
         self.optimizer.load_state_dict(state.optimizer)  # moves the buffers to the parameters' device
         self.step = state.step
 
-    def train_epoch(self, epoch: int, on_batch: BatchCallback | None) -> None:
+    def train_epoch(self, epoch: int, on_batch: Callable[[int, int], None] | None) -> None:
         edges = {t: [e for e in self.graph.incoming(t) if e.active(epoch)] for t in self.trained}
         # A trained node whose edges are all windowed shut this epoch rests: like a
         # teacher, it runs (eval mode, no_grad) only if a learning node needs it.
@@ -223,13 +218,15 @@ class _GraphRun:
         finite = torch.ones(len(learning), dtype=torch.bool, device=self.accel.device)
         for i, (x, y) in enumerate(self.batches.epoch(epoch)):
             with self.accel.autocast():
-                outs: dict[int, _Outputs] = {}
+                outs: dict[int, tuple[Tensor, Tensor]] = {}  # node id -> (embedding, logits)
                 with torch.no_grad():
                     for nid in teaching:
-                        outs[nid] = _Outputs(*self.forward[nid](x))
+                        outs[nid] = self.forward[nid](x)
                 for nid in learning:
-                    outs[nid] = _Outputs(*self.forward[nid](x))
-            losses = torch.stack([self._node_loss(t, edges[t], outs, y) for t in learning])
+                    outs[nid] = self.forward[nid](x)
+            progress = self.step / self.total_steps
+            losses = torch.stack([node_loss(edges[t], t, outs, y, progress=progress, num_classes=self.num_classes)
+                                  for t in learning])
             finite &= torch.isfinite(losses)
             self.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
@@ -248,26 +245,6 @@ class _GraphRun:
         lr = self.recipe.lr * self.recipe.lr_factor(self.step, len(self.batches))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-
-    def _node_loss(self, target: int, edges: list[Edge], outs: dict[int, _Outputs], labels: Tensor) -> Tensor:
-        """``L_t = mean_n sum_{edges s->t} w * G(l_{s,t}(n))``, sources detached."""
-        progress = self.step / self.total_steps
-        mine = outs[target]
-        terms = []
-        for e in edges:
-            values, correct = self._edge_loss(e, mine, outs, labels)
-            terms.append(e.weight * gate(values, e.gate, progress=progress, correct=correct))
-        return torch.stack(terms).sum(dim=0).mean()
-
-    def _edge_loss(self, e: Edge, mine: _Outputs, outs: dict[int, _Outputs],
-                   labels: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The per-sample loss of one edge and, for the correct gate, the source-correct mask."""
-        loss = EDGE_LOSSES[e.loss]
-        src = None if e.source == LABEL_NODE else outs[e.source]
-        inputs = edge_inputs(loss, e.gate, labels=labels, target=(mine.embedding, mine.logits),
-                             source=None if src is None else (src.embedding, src.logits),
-                             temperature=e.temperature, num_classes=self.num_classes)
-        return per_sample(loss, inputs), source_correct(loss, inputs) if e.gate == "correct" else None
 
     @torch.no_grad()
     def _eval_batches(self, split: str) -> DeviceBatches:
@@ -289,7 +266,7 @@ class _GraphRun:
         with _eval_mode(self.models.values()):
             for xb, yb in loader.epoch(0):
                 with self.accel.autocast():
-                    hits = [(_Outputs(*self.forward[nid](xb)).logits.argmax(dim=1) == yb).sum() for nid in ids]
+                    hits = [(self.forward[nid](xb)[1].argmax(dim=1) == yb).sum() for nid in ids]
                 correct += torch.stack(hits)
         return {nid: c / len(y) for nid, c in zip(ids, correct.tolist(), strict=True)}
 
@@ -307,5 +284,4 @@ def _eval_mode(models: Any) -> Iterator[None]:
             m.train(flag)
 
 
-# Recipe is re-exported for callers that still import it from here; its home is ktg.recipe.
-__all__ = ["NodeResult", "NonFiniteLoss", "Recipe", "RunResult", "RunState", "train_graph"]
+__all__ = ["NodeResult", "NonFiniteLoss", "RunHooks", "RunResult"]

@@ -187,14 +187,14 @@ def test_training_key_equates_what_trains_alike_and_nothing_else() -> None:
 def test_equal_upstream_trains_the_node_identically(cpu_accel: Accel) -> None:
     from ktg.data.spec import DataSpec
     from ktg.recipe import Recipe
-    from ktg.trainer import train_graph
+    from ktg.run import RunSetup
 
     data = DataSpec("synthetic").load()
     alone = _g([(1, "resnet8")], [(0, 1, "through")])
     beside = _g([(1, "resnet8"), (2, "resnet8")], [(0, 1, "through"), (0, 2, "linear"), (1, 2, "through")])
     assert alone.upstream_of(1) == beside.upstream_of(1)
     recipe = Recipe(epochs=1, warmup_steps=0)
-    runs = [train_graph(g, data, recipe=recipe, seed=7, accel=cpu_accel) for g in (alone, beside)]
+    runs = [RunSetup(data, cpu_accel).train(g, recipe, seed=7) for g in (alone, beside)]
     a, b = (r.models[1].state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0].nodes[1].test_acc == runs[1].nodes[1].test_acc

@@ -26,8 +26,7 @@ from optuna.trial import TrialState
 
 from ktg.device import Accel
 from ktg.graph import Graph
-from ktg.teachers import TeacherCache
-from ktg.trainer import train_graph
+from ktg.run import RunSetup
 from search.spec import SearchSpec
 from search.study.contract import STUDY_ATTR_SPEC
 from search.study.storage import sqlalchemy_url
@@ -146,9 +145,10 @@ def test_the_killed_trial_resumes_from_its_checkpoint_as_if_never_stopped(killed
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        whole = train_graph(Graph.from_dict(trial.user_attrs["graph"]), spec.data_spec().load(),
-                            recipe=spec.recipe(), seed=spec.seed, accel=Accel.resolve("cpu"), evaluate_test=False,
-                            teachers=TeacherCache(spec.data_spec(), killed_search.out / "teachers", quiet=True))
+        setup = RunSetup.prepare(spec.data_spec(), accel=Accel.resolve("cpu"),
+                                 cache_dir=killed_search.out / "teachers", quiet=True)
+        whole = setup.train(Graph.from_dict(trial.user_attrs["graph"]), spec.recipe(), seed=spec.seed,
+                            evaluate_test=False)
     finally:
         torch.set_num_threads(threads)
     assert [trial.intermediate_values[e] for e in range(1, EPOCHS + 1)] == whole.nodes[1].val_acc

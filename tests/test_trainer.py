@@ -26,9 +26,13 @@ from ktg.data.spec import DataSpec
 from ktg.device import Accel
 from ktg.errors import KtgError
 from ktg.graph import Graph, Node
+from ktg.losses import node_loss
+from ktg.models import build_model
 from ktg.recipe import Recipe
+from ktg.run import RunHooks, RunSetup
+from ktg.run_state import RunState
 from ktg.teachers import TeacherCache
-from ktg.trainer import NonFiniteLoss, RunResult, _build_models, _GraphRun, _Outputs, train_graph
+from ktg.trainer import NonFiniteLoss, RunResult
 
 ONE_EPOCH = Recipe(epochs=1)
 MODEL = "wrn16-1"  # the fastest model of the zoo on 8x8 digits
@@ -55,10 +59,10 @@ def state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def train(g: Graph, data: ImageData, **kwargs: Any) -> RunResult:
-    kwargs.setdefault("recipe", ONE_EPOCH)
-    kwargs.setdefault("accel", CPU)
-    return train_graph(g, data, **kwargs)
+def train(g: Graph, data: ImageData, *, recipe: Recipe = ONE_EPOCH, accel: Accel = CPU,
+          teachers: TeacherCache | None = None, seed: int = 0, **hooks: Any) -> RunResult:
+    """One run through the engine's front door, ``RunSetup.train``; ``hooks`` are ``RunHooks``' fields."""
+    return RunSetup(data, accel, teachers=teachers).train(g, recipe, seed=seed, hooks=RunHooks(**hooks))
 
 
 # Two reference runs shared by several tests (seed 0, one epoch, digits):
@@ -80,14 +84,13 @@ def labels_only_pair(digits_data: ImageData) -> RunResult:
                                             ("lkd", "linear")])
 def test_edge_loss_sends_no_gradient_into_its_source(digits_data: ImageData, loss: str, gate: str) -> None:
     g = graph(2, edge(0, 1, "ce"), edge(0, 2, "ce"), edge(2, 1, loss, gate))
-    models = _build_models(g, digits_data, ONE_EPOCH, 0, CPU, None, {})
-    run = _GraphRun(g, digits_data, ONE_EPOCH, CPU, models, 0, [1, 2])
-    run.step = 5  # mid-run, so that the linear gate is not 0
-    x, y = next(iter(run.batches.epoch(0)))
-    for m in models.values():
-        m.train()
-    outs = {nid: _Outputs(*models[nid](x)) for nid in (1, 2)}
-    loss_1 = run._node_loss(1, g.incoming(1), outs, y)
+    models = {nid: build_model(MODEL, in_channels=digits_data.in_channels, num_classes=digits_data.num_classes,
+                               image_size=digits_data.image_size).train() for nid in (1, 2)}
+    x = (digits_data.train_x[:64].float() / 255 - 0.5) / 0.25
+    y = digits_data.train_y[:64]
+    outs = {nid: models[nid](x) for nid in (1, 2)}
+    # progress 0.5: mid-run, so that the linear gate is not 0
+    loss_1 = node_loss(g.incoming(1), 1, outs, y, progress=0.5, num_classes=digits_data.num_classes)
     source_params = list(models[2].parameters())
     target_params = list(models[1].parameters())
     grads = torch.autograd.grad(loss_1, source_params + target_params, allow_unused=True, retain_graph=True)
@@ -95,7 +98,8 @@ def test_edge_loss_sends_no_gradient_into_its_source(digits_data: ImageData, los
     assert sum(gr.abs().sum().item() for gr in grads[len(source_params):] if gr is not None) > 0
 
     # The transfer term alone (without the label edge) also trains node 1 and only node 1.
-    transfer = run._node_loss(1, [e for e in g.incoming(1) if e.source == 2], outs, y)
+    transfer = node_loss([e for e in g.incoming(1) if e.source == 2], 1, outs, y, progress=0.5,
+                         num_classes=digits_data.num_classes)
     grads = torch.autograd.grad(transfer, source_params + target_params, allow_unused=True)
     assert all(gr is None for gr in grads[: len(source_params)])
     assert sum(gr.abs().sum().item() for gr in grads[len(source_params):] if gr is not None) > 0
@@ -321,22 +325,16 @@ def test_edge_window_that_never_opens_changes_nothing(
 
 
 def test_edge_window_opens_at_its_start_epoch(digits_data: ImageData) -> None:
-    recipe = Recipe(epochs=2)
+    def weights_per_epoch(g: Graph) -> list[dict[int, dict[str, Tensor]]]:
+        states: list[RunState] = []
+        train(g, digits_data, recipe=Recipe(epochs=2), on_state=states.append)
+        return [s.weights for s in states]
 
-    def start(g: Graph) -> tuple[_GraphRun, dict[int, nn.Module]]:
-        models = _build_models(g, digits_data, recipe, 0, CPU, None, {})
-        return _GraphRun(g, digits_data, recipe, CPU, models, 0, [1, 2]), models
-
-    windowed, windowed_models = start(graph(2, edge(0, 1, "ce"), edge(0, 2, "ce"),
-                                            edge(2, 1, "kl", epochs=[1, None])))
-    plain, plain_models = start(graph(2, edge(0, 1, "ce"), edge(0, 2, "ce")))
-    windowed.train_epoch(0, None)
-    plain.train_epoch(0, None)
-    assert same_state(state(windowed_models[1]), state(plain_models[1]))   # inactive in epoch 0
-    windowed.train_epoch(1, None)
-    plain.train_epoch(1, None)
-    assert not same_state(state(windowed_models[1]), state(plain_models[1]))  # active in epoch 1
-    assert same_state(state(windowed_models[2]), state(plain_models[2]))
+    windowed = weights_per_epoch(graph(2, edge(0, 1, "ce"), edge(0, 2, "ce"), edge(2, 1, "kl", epochs=[1, None])))
+    plain = weights_per_epoch(graph(2, edge(0, 1, "ce"), edge(0, 2, "ce")))
+    assert same_state(windowed[0][1], plain[0][1])        # inactive in epoch 0
+    assert not same_state(windowed[1][1], plain[1][1])    # active in epoch 1
+    assert same_state(windowed[1][2], plain[1][2])
 
 
 def test_node_whose_only_edge_opens_later_trains(digits_data: ImageData) -> None:
@@ -396,14 +394,20 @@ def test_raising_from_on_epoch_stops_the_run(digits_val_data: ImageData) -> None
     assert batch_epochs == {0}
 
 
-def test_accuracy_builds_no_autograd_graph(digits_val_data: ImageData) -> None:
-    g = graph(1, edge(0, 1, "ce"))
-    models = _build_models(g, digits_val_data, ONE_EPOCH, 0, CPU, None, {})
-    run = _GraphRun(g, digits_val_data, ONE_EPOCH, CPU, models, 0, [1])
-    tracked: list[bool] = []
-    models[1].register_forward_hook(lambda module, inputs, outputs: tracked.append(outputs[1].requires_grad))
-    run.accuracy("val")
-    assert tracked and not any(tracked)
+def test_evaluation_builds_no_autograd_graph(digits_val_data: ImageData) -> None:
+    """Every forward in eval mode (the validation and test passes) runs with autograd off."""
+    seen: list[bool] = []
+
+    def record(module: nn.Module, inputs: Any, outputs: Any) -> None:
+        if not module.training:
+            seen.append(torch.is_grad_enabled())
+
+    handle = nn.modules.module.register_module_forward_hook(record)
+    try:
+        train(graph(1, edge(0, 1, "ce")), digits_val_data)
+    finally:
+        handle.remove()
+    assert seen and not any(seen)
 
 
 # --- the front door: ktg.train ----------------------------------------------------------
@@ -467,16 +471,15 @@ def test_warmup_is_linear_and_ends_at_the_first_milestone() -> None:
 
 
 def test_the_optimizer_follows_the_schedule_step_by_step(digits_data: ImageData) -> None:
-    recipe = Recipe(epochs=10, lr=0.05, warmup_steps=30)  # only 2 epochs run; the first milestone is epoch 3
-    g = graph(1, edge(0, 1, "ce"))
-    run = _GraphRun(g, digits_data, recipe, CPU, _build_models(g, digits_data, recipe, 0, CPU, None, {}), 0, [1])
-    seen: list[float] = []  # after each step, the lr that step used
-    for epoch in range(2):
-        run.train_epoch(epoch, lambda e, i: seen.append(run.optimizer.param_groups[0]["lr"]))
-    spe = len(run.batches)
-    assert len(seen) == 2 * spe
-    assert seen == pytest.approx([0.05 * recipe.lr_factor(k, spe) for k in range(2 * spe)])
-    assert seen[0] == pytest.approx(0.05 / 30) and seen[29] == pytest.approx(0.05)
+    recipe = Recipe(epochs=2, lr=0.05, warmup_steps=30, milestones=(0.9,))  # warm-up, then one drop
+    spe = len(digits_data.train_y) // recipe.batch_size
+    states: list[RunState] = []
+    train(graph(1, edge(0, 1, "ce")), digits_data, recipe=recipe, on_state=states.append)
+    # The lr of the last step of each epoch, as the saved optimizer state holds it.
+    seen = [s.optimizer["param_groups"][0]["lr"] for s in states]
+    assert [s.step for s in states] == [spe, 2 * spe]
+    assert seen == pytest.approx([0.05 * recipe.lr_factor(k * spe - 1, spe) for k in (1, 2)])
+    assert recipe.lr_factor(29, spe) == pytest.approx(1.0) and recipe.lr_factor(0, spe) == pytest.approx(1 / 30)
 
 
 @pytest.mark.slow

@@ -23,9 +23,10 @@ from ktg.device import Accel
 from ktg.errors import KtgError
 from ktg.graph import Graph
 from ktg.recipe import Recipe
+from ktg.run import RunHooks, RunSetup
 from ktg.run_state import RunState
 from ktg.teachers import TeacherCache
-from ktg.trainer import RunResult, train_graph
+from ktg.trainer import RunResult
 from search.tune.checkpoints import CheckpointBook, book_of, drop_older_checkpoints, folder_bytes
 from tests.conftest import DIGITS_VAL
 from tests.search_helpers import TINY_MODELS, ktg_env, load, run_ktg
@@ -50,8 +51,8 @@ GRAPH = Graph.from_dict({
 
 def run(data: ImageData, cache: Path, **kwargs: Any) -> tuple[RunResult, list[RunState]]:
     states: list[RunState] = []
-    result = train_graph(GRAPH, data, recipe=RECIPE, seed=3, accel=CPU, evaluate_test=False,
-                         teachers=TeacherCache(DIGITS_VAL, cache, quiet=True), on_state=states.append, **kwargs)
+    setup = RunSetup(data, CPU, teachers=TeacherCache(DIGITS_VAL, cache, quiet=True))
+    result = setup.train(GRAPH, RECIPE, seed=3, evaluate_test=False, hooks=RunHooks(on_state=states.append), **kwargs)
     return result, states
 
 
@@ -94,8 +95,8 @@ def test_a_state_resumes_only_its_own_run(digits_val_data: ImageData,
                                           unstopped: tuple[Path, RunResult, list[RunState]]) -> None:
     cache, _, states = unstopped
     with pytest.raises(KtgError, match="another graph, recipe or seed"):
-        train_graph(GRAPH, digits_val_data, recipe=RECIPE, seed=4, accel=CPU, evaluate_test=False,
-                    teachers=TeacherCache(DIGITS_VAL, cache, quiet=True), resume=states[0])
+        RunSetup(digits_val_data, CPU, teachers=TeacherCache(DIGITS_VAL, cache, quiet=True)).train(
+            GRAPH, RECIPE, seed=4, evaluate_test=False, resume=states[0])
 
 
 def test_a_file_that_is_not_a_state_is_one_clear_error(tmp_path: Path) -> None:

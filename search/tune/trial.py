@@ -46,8 +46,7 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
 
     from ktg.device import Accel
     from ktg.errors import KtgError
-    from ktg.run import RunSetup
-    from ktg.trainer import train_graph
+    from ktg.run import RunHooks, RunSetup
 
     spec = SearchSpec.model_validate(spec_fields)
     # Only node 1's accuracy is searched, and only the nodes upstream of it decide it: the
@@ -71,8 +70,8 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     try:
         setup = RunSetup.prepare(spec.data_spec(), accel=Accel.resolve(config["device"]),
                                  cache_dir=config["cache_dir"], quiet=True)
-        train_graph(graph, setup.data, recipe=spec.recipe(), seed=spec.seed, accel=setup.accel,
-                    teachers=setup.teachers, evaluate_test=False, resume=resume, on_state=report)
+        setup.train(graph, spec.recipe(), seed=spec.seed, hooks=RunHooks(on_state=report), resume=resume,
+                    evaluate_test=False)
     except KtgError as exc:
         # No epoch of its own (epoch stays at the last one reported) and no accuracy:
         # the searcher records nothing from it but the error.

@@ -5,7 +5,7 @@ starting with this folder (``tests.search_helpers``-style, see
 ``tests/test_search_twins.py``); Python imports ``sitecustomize`` at start-up in
 that process and in every Ray process it starts, which inherit its environment.
 
-* ``KTG_TEST_EPOCH_LOG=FILE``: every epoch ``ktg.trainer`` trains appends one
+* ``KTG_TEST_EPOCH_LOG=FILE``: every epoch a run trains (``ktg.run.RunSetup.train``) appends one
   JSON line ``{"graph": ..., "epoch": e}`` to FILE (the graph without ``meta``),
   so a test can count how often each epoch of each graph was trained.
 * ``KTG_TEST_NO_TWINS=1``: the searcher never finds a twin (``search.tune.twins.Twins.of``
@@ -14,6 +14,7 @@ that process and in every Ray process it starts, which inherit its environment.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.abc
 import importlib.machinery
@@ -28,17 +29,23 @@ EPOCH_LOG_ENV, NO_TWINS_ENV = "KTG_TEST_EPOCH_LOG", "KTG_TEST_NO_TWINS"
 
 
 def log_epochs(module: ModuleType) -> None:
+    """Wrap ``RunSetup.train`` (every run goes through it) so that each epoch's hook logs the epoch."""
     log = os.environ[EPOCH_LOG_ENV]
-    train_epoch = module._GraphRun.train_epoch
+    train = module.RunSetup.train
 
-    @functools.wraps(train_epoch)
-    def logged(self: Any, epoch: int, on_batch: Any) -> None:
-        train_epoch(self, epoch, on_batch)
-        shape = {k: v for k, v in self.graph.to_dict().items() if k != "meta"}
-        with open(log, "a") as f:  # one short write in append mode: lines from processes never interleave
-            f.write(json.dumps({"graph": shape, "epoch": epoch + 1}, sort_keys=True) + "\n")
+    @functools.wraps(train)
+    def logged(self: Any, graph: Any, *args: Any, hooks: Any = module.NO_HOOKS, **kwargs: Any) -> Any:
+        shape = {k: v for k, v in graph.to_dict().items() if k != "meta"}
 
-    module._GraphRun.train_epoch = logged
+        def on_epoch(epoch: int, accs: dict[int, float]) -> None:
+            with open(log, "a") as f:  # one short write in append mode: lines from processes never interleave
+                f.write(json.dumps({"graph": shape, "epoch": epoch}, sort_keys=True) + "\n")
+            if hooks.on_epoch is not None:
+                hooks.on_epoch(epoch, accs)
+
+        return train(self, graph, *args, hooks=dataclasses.replace(hooks, on_epoch=on_epoch), **kwargs)
+
+    module.RunSetup.train = logged
 
 
 def no_twins(module: ModuleType) -> None:
@@ -69,7 +76,7 @@ class WrapOnImport(importlib.abc.MetaPathFinder):
 
 _patches: dict[str, Callable[[ModuleType], None]] = {}
 if os.environ.get(EPOCH_LOG_ENV):
-    _patches["ktg.trainer"] = log_epochs
+    _patches["ktg.run"] = log_epochs
 if os.environ.get(NO_TWINS_ENV) == "1":
     _patches["search.tune.twins"] = no_twins
 if _patches:
