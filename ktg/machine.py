@@ -20,23 +20,30 @@ T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: str | bytes | Callable[[Path], None], mode: int | None = None) -> None:
-    """Write ``path`` through a temporary file beside it, then rename it into place.
+    """Write ``path`` in a private folder beside it, then rename it into place.
 
-    ``data`` is the content, or a function that writes the temporary file it is given
-    (``torch.save``, say). ``mode``: the file's permissions (e.g. 0o600 for secrets),
-    set before any content is written.
+    ``data`` is the content, or a function that writes the file it is given
+    (``torch.save``, say). The file keeps its own name while written, since some
+    writers record it (``torch.save`` names its archive after the file). ``mode``:
+    the file's permissions (0o600 for secrets), set before any content is written.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if mode is not None:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
-        os.chmod(tmp, mode)
-    if callable(data):
-        data(tmp)
-    elif isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    folder = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    tmp = folder / path.name
+    try:
+        if mode is not None:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
+            os.chmod(tmp, mode)
+        if callable(data):
+            data(tmp)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        folder.rmdir()
 
 
 @contextmanager

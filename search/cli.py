@@ -53,9 +53,10 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None, given: dic
 
 def _allowed(field: FieldInfo) -> str:
     """What a required field takes, from its constraints: '2..10', '>= 1', or its description."""
-    bounds = {type(m).__name__: next(iter(vars(m).values())) for m in field.metadata}
-    if "Ge" in bounds:
-        return f"an integer in {bounds['Ge']}..{bounds['Le']}" if "Le" in bounds else f"an integer >= {bounds['Ge']}"
+    ge = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+    le = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+    if ge is not None:
+        return f"an integer in {ge}..{le}" if le is not None else f"an integer >= {ge}"
     return (field.description or "a value").lower()
 
 
