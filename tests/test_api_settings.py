@@ -27,7 +27,7 @@ def test_tokens_from_env_and_file(tmp_path: Path) -> None:
     assert s.tenant_of("tok-b2") == "team-b" and s.tenant_of("tok-b") is None and s.tenant_of("") is None
     assert s.storage == f"sqlite:///{Path('rel/studies.db').resolve()}"  # absolute: jobs run elsewhere
     assert s.max_body_bytes == 64 * 1024 and s.data_dir == tmp_path / "d" and s.ray_address is None
-    assert s.datasets_dir is None and (s.max_trial_epochs, s.max_model_params) == (100_000, 40_000_000)
+    assert s.datasets_dir is None and (s.max_trial_epochs, s.max_model_params) == (300_000, 40_000_000)
 
 
 def test_datasets_folder_and_quotas_from_env(tmp_path: Path) -> None:

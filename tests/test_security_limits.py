@@ -96,7 +96,8 @@ def test_duplicate_keys_nan_and_deep_nesting_are_422(client: TestClient) -> None
     found = errors(post(client, '{"name": "dup", "nodes": 2, "trials": 1, "trials": 100000}'))
     assert found == {"body": "malformed JSON: duplicate key 'trials'"}
     for literal, field in (("NaN", "lr"), ("Infinity", "lr"), ("-Infinity", "val_fraction"), ("1e400", "trials")):
-        found = errors(post(client, f'{{"name": "nan", "nodes": 2, "trials": 1, "{field}": {literal}}}'))
+        members = {"name": '"nan"', "nodes": "2", "trials": "1", field: literal}  # JSON text: literals as written
+        found = errors(post(client, "{" + ", ".join(f'"{k}": {v}' for k, v in members.items()) + "}"))
         assert found == {field: "must be a finite number"}, literal
     for deep in ("[" * 20_000 + "]" * 20_000, '{"name": ' + "[" * 20_000 + "]" * 20_000 + "}"):
         assert errors(post(client, deep)) == {"body": "malformed JSON: nested too deeply"}
