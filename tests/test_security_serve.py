@@ -73,7 +73,7 @@ def worst_case_bodies() -> list[bytes]:
                     "models": models, "data_dir": "shared/cifar"}).encode(),
         json.dumps({"name": "w2", "nodes": 2, "trials": 1, "classes": ",".join(["0-1000000"] * 6000)}).encode(),
         ("[" * 30_000 + "]" * 30_000).encode(),
-        b'{"name": "w3", ' + b", ".join(b'"nodes": %d' % i for i in range(5000)) + b"}",
+        b'{"name": "w3", ' + b", ".join(b'"nodes": %d' % i for i in range(4000)) + b"}",
     ]
 
 
