@@ -21,15 +21,17 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.confine import confine
 from api.db import init_schema, make_engine, make_sessions
 from api.lifecycle import Reconciler, Redactor, StudyLifecycle
 from api.ray_jobs import RayJobs, RayUnavailable, StatusCache
 from api.routers import health, studies
-from api.schemas import ErrorOut, FieldError
+from api.schemas import ErrorOut, FieldError, Readiness
 from api.settings import Settings
 from api.status import StatusReader
+from api.ttl_cache import TtlCache
 from ktg.errors import first_line
-from search.spec import SearchSpec
+from search.spec import spec_error_message
 
 log = logging.getLogger("ktg.api")
 
@@ -38,6 +40,13 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# Header lines of one request, names and values (nginx allows 4 x 8 KiB by default; a bearer
+# token and a browser's headers take about 1 KiB). The server's parser reads at most
+# PARSER_HEAD_BYTES of a request head (request line and headers) before it gives up.
+MAX_HEADER_BYTES = 16 * 1024
+PARSER_HEAD_BYTES = 4 * MAX_HEADER_BYTES
 
 
 class BodyLimit:
@@ -84,11 +93,36 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body too large: at most {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": status.HTTP_413_CONTENT_TOO_LARGE,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, status.HTTP_413_CONTENT_TOO_LARGE, f"request body too large: at most {self.max_bytes} bytes")
+
+
+class HeaderLimit:
+    """Refuse requests whose header lines (names and values) total over ``max_bytes`` with 431.
+
+    The server's parser stops reading a request head at ``PARSER_HEAD_BYTES``
+    (``ktg serve`` runs uvicorn's h11 parser with that limit, a plain 400 beyond
+    it), so memory stays bounded; this answers the sizes in between in the
+    API's own shape.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_bytes:
+            await send_error(send, status.HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE,
+                             f"request headers too large: at most {self.max_bytes} bytes in all")
+            return
+        await self.app(scope, receive, send)
+
+
+async def send_error(send: Send, status_code: int, detail: str) -> None:
+    """Answer from a middleware, before any route: an ``ErrorOut`` body, then close the connection."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status_code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class JsonBodies:
@@ -119,12 +153,13 @@ def field_errors(errors: list[Any]) -> list[FieldError]:
         loc = [str(p) for p in err.get("loc", ())]
         where = ".".join(loc[1:] if loc and loc[0] in {"body", "query", "path", "header"} else loc) or "body"
         kind = err.get("type", "")
-        message = str(err.get("msg", "invalid")).removeprefix("Value error, ").removeprefix(f"{where}: ")
+        if loc[:1] == ["body"]:
+            message = spec_error_message(err, where)
+        else:
+            message = str(err.get("msg", "invalid")).removeprefix("Value error, ").removeprefix(f"{where}: ")
         if kind == "json_invalid":
             where = "body"
             message = f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
-        elif kind == "extra_forbidden" and loc[:1] == ["body"]:
-            message = f"unknown field; allowed: {', '.join(SearchSpec.model_fields)}"
         elif kind == "missing" and where == "body":
             message = "a JSON object is required"
         out.append(FieldError(field=where, message=message))
@@ -182,7 +217,8 @@ def create_app(settings: Settings) -> FastAPI:
     sessions = make_sessions(engine)
     jobs = RayJobs(settings.ray_address, timeout_s=settings.ray_timeout_s, token=settings.ray_token)
     lifecycle = StudyLifecycle(sessions=sessions, jobs=jobs, cache=StatusCache(jobs, settings.ray_status_ttl_s),
-                               studies_dir=settings.studies_dir, redact=Redactor(settings.storage))
+                               studies_dir=settings.studies_dir, redact=Redactor(settings.storage),
+                               data_path=lambda tenant, path: confine(settings.datasets_dir, tenant, path, "data_dir"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -216,10 +252,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = sessions
     app.state.lifecycle = lifecycle
     app.state.status_reader = StatusReader(sessions, lifecycle, settings.status_ttl_s)
+    app.state.readiness_cache = TtlCache[str, Readiness](settings.readyz_ttl_s, single_flight=True)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(health.router, prefix="/v1", include_in_schema=False)
     app.include_router(studies.router)
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit, max_bytes=MAX_HEADER_BYTES)
     return app

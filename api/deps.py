@@ -1,8 +1,8 @@
 """Request dependencies: everything a router needs, so that no router reads ``app.state``.
 
 Who is calling (bearer token -> tenant), a database session (or the session
-factory), the settings, the study lifecycle, the status reader and the Optuna
-storage. The cheap ones are ``async``: FastAPI runs sync dependencies in its
+factory), the settings, the study lifecycle, the status reader, the /readyz
+cache and the Optuna storage. The cheap ones are ``async``: FastAPI runs sync dependencies in its
 thread pool, and a thread hop per dependency per request is most of a cached
 status read.
 
@@ -22,8 +22,10 @@ from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.lifecycle import StudyLifecycle
+from api.schemas import Readiness
 from api.settings import Settings
 from api.status import StatusReader
+from api.ttl_cache import TtlCache
 
 # auto_error=False: we answer 401 ourselves, with the WWW-Authenticate header.
 _bearer = HTTPBearer(auto_error=False, description="A token from KTG_API_TOKENS ('tenant:token')")
@@ -42,6 +44,12 @@ async def get_lifecycle(request: Request) -> StudyLifecycle:
 async def get_status_reader(request: Request) -> StatusReader:
     reader: StatusReader = request.app.state.status_reader
     return reader
+
+
+async def get_readiness_cache(request: Request) -> TtlCache[str, Readiness]:
+    """Where /readyz answers are kept for ``Settings.readyz_ttl_s``."""
+    cache: TtlCache[str, Readiness] = request.app.state.readiness_cache
+    return cache
 
 
 async def get_optuna_storage(request: Request) -> BaseStorage:
@@ -102,3 +110,4 @@ LifecycleDep = Annotated[StudyLifecycle, Depends(get_lifecycle)]
 StatusReaderDep = Annotated[StatusReader, Depends(get_status_reader)]
 OptunaStorageDep = Annotated[BaseStorage, Depends(get_optuna_storage)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ReadinessCacheDep = Annotated[TtlCache[str, Readiness], Depends(get_readiness_cache)]

@@ -92,11 +92,17 @@ class StudyLifecycle:
     cache: StatusCache
     studies_dir: Path
     redact: Callable[[str], str]
+    # (tenant, data_dir as the tenant wrote it) -> the folder the job reads (api.confine): the
+    # row keeps the tenant's words, the job gets the path, checked again at each launch.
+    data_path: Callable[[str, str], Path] | None = None
 
     # -- launching ---------------------------------------------------------------
     def submit(self, row: StudyRow) -> None:
         """Submit the row's job (idempotent: Ray knows it afterwards). Raises RayUnavailable."""
-        spec = SearchSpec.model_validate({**row.spec, "name": row.optuna_name})
+        fields = {**row.spec, "name": row.optuna_name}
+        if self.data_path is not None and fields.get("data_dir") is not None:
+            fields["data_dir"] = str(self.data_path(row.tenant, fields["data_dir"]))
+        spec = SearchSpec.model_validate(fields)
         entrypoint = search_entrypoint(spec.model_dump_json(exclude_none=True), Path(row.out_dir))
         created = self.jobs.submit(row.submission_id, entrypoint,
                                    {"ktg_study_id": row.id, "tenant": row.tenant, "name": row.name})

@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import shlex
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from api.ttl_cache import TtlCache
 from ktg.errors import first_line
 from search.study.contract import StudyState
 
@@ -200,25 +200,19 @@ class StatusCache:
 
     def __init__(self, jobs: RayJobs, ttl_s: float) -> None:
         self.jobs, self.ttl_s = jobs, ttl_s
-        self._entries: dict[str, tuple[float, JobState | RayUnavailable | None]] = {}
-        self._lock = threading.Lock()
+        self._cache: TtlCache[str, JobState | RayUnavailable | None] = TtlCache(ttl_s)
 
     def get(self, submission_id: str) -> JobState | None:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(submission_id)
-        if entry is None or now - entry[0] >= self.ttl_s:
-            try:
-                entry = (now, self.jobs.status(submission_id))
-            except RayUnavailable as exc:
-                entry = (now, exc)
-            with self._lock:
-                self._entries[submission_id] = entry
-        result = entry[1]
+        result = self._cache.get_or_compute(submission_id, lambda: self._read(submission_id))
         if isinstance(result, RayUnavailable):  # a fresh exception: the cached one is shared across threads
             raise RayUnavailable(str(result), ambiguous=result.ambiguous)
         return result
 
+    def _read(self, submission_id: str) -> JobState | RayUnavailable | None:
+        try:
+            return self.jobs.status(submission_id)
+        except RayUnavailable as exc:
+            return exc
+
     def forget(self, submission_id: str) -> None:
-        with self._lock:
-            self._entries.pop(submission_id, None)
+        self._cache.forget(submission_id)

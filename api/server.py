@@ -81,7 +81,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, storage: str | None = None)
     """Run the API until interrupted (SIGINT/SIGTERM stop it gracefully)."""
     import uvicorn
 
-    from api.app import create_app
+    from api.app import PARSER_HEAD_BYTES, create_app
     from search.study.storage import masked
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -90,7 +90,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, storage: str | None = None)
     app = create_app(settings)
     print(f"ktg serve: http://{host}:{port}/docs (storage {masked(settings.storage)}, data {settings.data_dir})",
           file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_graceful_shutdown=10)
+    # h11 rather than httptools: httptools reads request heads of any size (16 MB were read).
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_graceful_shutdown=10,
+                http="h11", h11_max_incomplete_event_size=PARSER_HEAD_BYTES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,11 +24,19 @@ TOKENS_FILE_ENV = "KTG_API_TOKENS_FILE"
 MAX_BODY_ENV = "KTG_MAX_BODY_BYTES"
 DATA_DIR_ENV = "KTG_DATA_DIR"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+DATASETS_DIR_ENV = "KTG_DATASETS_DIR"
+MAX_TRIAL_EPOCHS_ENV = "KTG_MAX_TRIAL_EPOCHS"
+MAX_MODEL_PARAMS_ENV = "KTG_MAX_MODEL_PARAMS"
 
 # Every variable the service reads; the deployment files use exactly these.
-ENV_NAMES: tuple[str, ...] = (STORAGE_ENV, TOKENS_ENV, TOKENS_FILE_ENV, MAX_BODY_ENV, DATA_DIR_ENV, RAY_ADDRESS_ENV)
+ENV_NAMES: tuple[str, ...] = (STORAGE_ENV, TOKENS_ENV, TOKENS_FILE_ENV, MAX_BODY_ENV, DATA_DIR_ENV, RAY_ADDRESS_ENV,
+                              DATASETS_DIR_ENV, MAX_TRIAL_EPOCHS_ENV, MAX_MODEL_PARAMS_ENV)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# Quotas per study (docs/security.md): the README's CIFAR-100 search (1,500 trials of 200 epochs)
+# fits, and so does WRN-28-10 (36.5 M parameters on CIFAR-100), the largest common CIFAR teacher.
+DEFAULT_MAX_TRIAL_EPOCHS = 300_000
+DEFAULT_MAX_MODEL_PARAMS = 40_000_000
 DEFAULT_DATA_DIR = "./ktg-data"
 # A tenant becomes the prefix of its Optuna study names ("tenant.name"), whose
 # pattern starts with a letter or digit; hence the first character here.
@@ -57,11 +65,20 @@ class Settings:
     # external cluster Ray's own RAY_AUTH_MODE / RAY_AUTH_TOKEN environment applies.
     ray_token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # The one folder a tenant's data_dir may name (relative to it; api.confine); None: no
+    # dataset that reads a folder is accepted over HTTP.
+    datasets_dir: Path | None = None
+    # Quotas checked when a study is submitted (api.quotas).
+    max_trial_epochs: int = DEFAULT_MAX_TRIAL_EPOCHS
+    max_model_params: int = DEFAULT_MAX_MODEL_PARAMS
     # How long a Ray job status read stays fresh: status polling by many clients
     # must not turn into one dashboard request per poll.
     ray_status_ttl_s: float = 2.0
     # How long a computed study status is served to pollers before it is read again.
     status_ttl_s: float = 1.0
+    # How long a /readyz answer is served again: probes need no token, so a flood of them
+    # must not become a flood of database and Ray requests.
+    readyz_ttl_s: float = 1.0
     # How often the background reconciler submits, re-submits or stops jobs
     # whose Ray state disagrees with the registry (0 disables it, for tests).
     reconcile_interval_s: float = 5.0
@@ -108,20 +125,39 @@ class Settings:
         if not tokens:
             raise ConfigError(f"no API token configured: set {TOKENS_ENV}='tenant:token,...' "
                               f"or {TOKENS_FILE_ENV}=<file of tenant:token lines>")
-        raw_body = env.get(MAX_BODY_ENV, str(DEFAULT_MAX_BODY_BYTES))
-        try:
-            max_body = int(raw_body)
-        except ValueError:
-            max_body = 0
-        if max_body < 1024:
-            raise ConfigError(f"{MAX_BODY_ENV}: got {raw_body!r}; allowed: an integer >= 1024 (bytes)")
         return cls(
             storage=normalise_storage(storage or env.get(STORAGE_ENV) or DEFAULT_STORAGE),
             tokens=tokens,
             data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser().resolve(),
             ray_address=env.get(RAY_ADDRESS_ENV) or None,
-            max_body_bytes=max_body,
+            max_body_bytes=_count(env, MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES, 1024, "bytes"),
+            datasets_dir=_datasets_dir(env.get(DATASETS_DIR_ENV)),
+            max_trial_epochs=_count(env, MAX_TRIAL_EPOCHS_ENV, DEFAULT_MAX_TRIAL_EPOCHS, 1, "trials x epochs"),
+            max_model_params=_count(env, MAX_MODEL_PARAMS_ENV, DEFAULT_MAX_MODEL_PARAMS, 1, "parameters"),
         )
+
+
+def _count(env: Mapping[str, str], name: str, default: int, least: int, unit: str) -> int:
+    """An integer setting of at least ``least``; underscores allowed (100_000)."""
+    raw = env.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise ConfigError(f"{name}: got {raw!r}; allowed: an integer >= {least} ({unit})")
+    return value
+
+
+def _datasets_dir(raw: str | None) -> Path | None:
+    """The operator's datasets folder, resolved once (confinement compares resolved paths)."""
+    if not raw:
+        return None
+    folder = Path(raw).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"{DATASETS_DIR_ENV}: {raw} is not a folder; allowed: the folder holding the datasets "
+                          "tenants may name (or leave it unset)")
+    return folder
 
 
 def parse_tokens(text: str, source: str) -> dict[str, str]:

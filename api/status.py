@@ -13,7 +13,6 @@ wait for it (single flight), and served as ready JSON bytes. A status is at most
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.db import StudyRow
 from api.lifecycle import StudyLifecycle
 from api.schemas import RayJobOut, StudyStatus, StudySummary, TrialCounts
+from api.ttl_cache import TtlCache
 from search.study.queries import study_figures
 
 PREFIX = "/v1/studies"
@@ -58,7 +58,6 @@ def study_status(session: Session, row: StudyRow) -> StudyStatus:
 
 @dataclass(frozen=True)
 class _Entry:
-    at: float
     tenant: str
     body: bytes
 
@@ -70,13 +69,13 @@ class StatusReader:
 
     def __init__(self, sessions: sessionmaker[Session], lifecycle: StudyLifecycle, ttl_s: float) -> None:
         self.sessions, self.lifecycle, self.ttl_s = sessions, lifecycle, ttl_s
-        self._cache: dict[str, _Entry] = {}
+        self._cache: TtlCache[str, _Entry] = TtlCache(ttl_s, max_entries=self.MAX_ENTRIES)
         self._inflight: dict[str, asyncio.Future[_Entry | None]] = {}
 
     async def read(self, tenant: str, study_id: str) -> bytes | None:
         """The status JSON, or None if this tenant has no such study."""
-        entry = self._cache.get(study_id)
-        if entry is None or time.monotonic() - entry.at >= self.ttl_s:
+        found, entry = self._cache.get(study_id)
+        if not found:
             entry = await self._compute_once(study_id)
         if entry is None or entry.tenant != tenant:
             return None
@@ -84,7 +83,7 @@ class StatusReader:
 
     def forget(self, study_id: str) -> None:
         """Drop a study's entry (it just changed here: cancelled, created)."""
-        self._cache.pop(study_id, None)
+        self._cache.forget(study_id)
 
     async def _compute_once(self, study_id: str) -> _Entry | None:
         pending = self._inflight.get(study_id)
@@ -102,17 +101,7 @@ class StatusReader:
                 return None
             row = self.lifecycle.refresh(row)
             body = study_status(session, row).model_dump_json().encode()
-        entry = _Entry(at=time.monotonic(), tenant=row.tenant, body=body)
-        if len(self._cache) >= self.MAX_ENTRIES:
-            self._evict()
-        self._cache[study_id] = entry
+        entry = _Entry(tenant=row.tenant, body=body)
+        self._cache.put(study_id, entry)
         return entry
-
-    def _evict(self) -> None:
-        now = time.monotonic()
-        for key, entry in list(self._cache.items()):
-            if now - entry.at >= self.ttl_s:
-                self._cache.pop(key, None)
-        if len(self._cache) >= self.MAX_ENTRIES:
-            self._cache.clear()
 

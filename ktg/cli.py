@@ -109,7 +109,7 @@ def data_spec_from_args(args: argparse.Namespace, val_fraction: float) -> DataSp
     from ktg.data.spec import DataSpec
 
     check_dataset_name(args.dataset)
-    classes = tuple(parse_classes(args.classes)) if args.classes else None
+    classes = tuple(parse_classes(args.classes, args.dataset)) if args.classes else None
     return DataSpec(args.dataset, args.data_dir, classes, val_fraction, 0, args.image_size,
                     train_size=args.train_size)
 

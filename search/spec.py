@@ -9,11 +9,12 @@ fields (epochs, batch size, lr, warm-up) default to ``ktg.recipe.Recipe``'s.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ktg.data import check_dataset_name, dataset_names, parse_classes
+from ktg.data import check_dataset_name, class_ranges, dataset_names, parse_classes
 from ktg.data.spec import DataSpec
 from ktg.edge_losses import NETWORK_LOSSES
 from ktg.errors import KtgError
@@ -28,7 +29,8 @@ STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 class SearchSpec(BaseModel):
     """A knowledge-transfer-graph search: the space, the budget, the data."""
 
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: Python's JSON reader turns NaN, Infinity and 1e400 into floats; none is a setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: Annotated[str, Field(pattern=STUDY_NAME_PATTERN, description="Study name (letters, digits, _ . -)")]
     nodes: Annotated[int, Field(ge=2, le=10, description="Number of networks, label node excluded")]
@@ -74,9 +76,11 @@ class SearchSpec(BaseModel):
 
     @field_validator("classes")
     @classmethod
-    def _classes(cls, value: str | None) -> str | None:
+    def _classes(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Ranges only, never the ids: this runs on the API's event loop and must stay cheap.
+        # The bound is the dataset's class count (the dataset field is validated before this one).
         if value is not None:
-            _ktg_to_value_error(parse_classes, value)
+            _ktg_to_value_error(class_ranges, value, info.data.get("dataset"))
         return value
 
     @field_validator("target_model")
@@ -107,7 +111,7 @@ class SearchSpec(BaseModel):
         return _choices(value, NETWORK_LOSSES)
 
     def class_list(self) -> tuple[int, ...] | None:
-        return tuple(parse_classes(self.classes)) if self.classes else None
+        return tuple(parse_classes(self.classes, self.dataset)) if self.classes else None
 
     def data_spec(self) -> DataSpec:
         """The data every trial of the study trains and validates on."""
@@ -133,6 +137,15 @@ def _ktg_to_value_error(check: object, *args: object) -> None:
         raise ValueError(str(exc)) from None
 
 
+def spec_error_message(err: Mapping[str, Any], where: str) -> str:
+    """The message of one pydantic error about a spec's field ``where``, as both front ends show it."""
+    if err.get("type") == "extra_forbidden":
+        return f"unknown field; allowed: {', '.join(SearchSpec.model_fields)}"
+    if err.get("type") == "finite_number":
+        return "must be a finite number"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ").removeprefix(f"{where}: ")
+
+
 def spec_error_lines(exc: Exception) -> list[str]:
     """One 'field: message' line per problem of a pydantic ValidationError."""
     from pydantic import ValidationError
@@ -142,8 +155,5 @@ def spec_error_lines(exc: Exception) -> list[str]:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ").removeprefix(f"{where}: ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field; allowed: {', '.join(SearchSpec.model_fields)}"
-        lines.append(f"{where}: {msg}")
+        lines.append(f"{where}: {spec_error_message(err, where)}")
     return lines

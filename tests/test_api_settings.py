@@ -14,7 +14,8 @@ from api.settings import ENV_NAMES, ConfigError, Settings, parse_tokens
 
 def test_env_names_are_the_deployment_contract() -> None:
     assert ENV_NAMES == ("KTG_STORAGE", "KTG_API_TOKENS", "KTG_API_TOKENS_FILE", "KTG_MAX_BODY_BYTES",
-                         "KTG_DATA_DIR", "RAY_ADDRESS")
+                         "KTG_DATA_DIR", "RAY_ADDRESS", "KTG_DATASETS_DIR", "KTG_MAX_TRIAL_EPOCHS",
+                         "KTG_MAX_MODEL_PARAMS")
 
 
 def test_tokens_from_env_and_file(tmp_path: Path) -> None:
@@ -26,6 +27,16 @@ def test_tokens_from_env_and_file(tmp_path: Path) -> None:
     assert s.tenant_of("tok-b2") == "team-b" and s.tenant_of("tok-b") is None and s.tenant_of("") is None
     assert s.storage == f"sqlite:///{Path('rel/studies.db').resolve()}"  # absolute: jobs run elsewhere
     assert s.max_body_bytes == 64 * 1024 and s.data_dir == tmp_path / "d" and s.ray_address is None
+    assert s.datasets_dir is None and (s.max_trial_epochs, s.max_model_params) == (300_000, 40_000_000)
+
+
+def test_datasets_folder_and_quotas_from_env(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    s = Settings.from_env({"KTG_API_TOKENS": "a:tok", "KTG_DATASETS_DIR": str(tmp_path / "link"),
+                           "KTG_MAX_TRIAL_EPOCHS": "5_000", "KTG_MAX_MODEL_PARAMS": "1000000"})
+    assert s.datasets_dir == tmp_path / "real"  # resolved once: confinement compares resolved paths
+    assert (s.max_trial_epochs, s.max_model_params) == (5_000, 1_000_000)
 
 
 @pytest.mark.parametrize(("env", "names"), [
@@ -36,6 +47,9 @@ def test_tokens_from_env_and_file(tmp_path: Path) -> None:
     ({"KTG_API_TOKENS": "a:tok,b:tok"}, "share a token"),
     ({"KTG_API_TOKENS_FILE": "/nonexistent/tokens"}, "KTG_API_TOKENS_FILE: cannot read /nonexistent/tokens"),
     ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_BODY_BYTES": "lots"}, "KTG_MAX_BODY_BYTES: got 'lots'"),
+    ({"KTG_API_TOKENS": "a:tok", "KTG_DATASETS_DIR": "/nonexistent/data"}, "KTG_DATASETS_DIR: /nonexistent/data"),
+    ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_TRIAL_EPOCHS": "0"}, "KTG_MAX_TRIAL_EPOCHS: got '0'"),
+    ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_MODEL_PARAMS": "1e9"}, "KTG_MAX_MODEL_PARAMS: got '1e9'"),
 ])
 def test_bad_configuration_is_one_line_naming_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -16,6 +16,7 @@ from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from api import service
+from api.confine import Unconfined, confine_data_dir
 from api.db import StudyRow
 from api.deps import (
     DbSession,
@@ -27,8 +28,11 @@ from api.deps import (
     get_tenant,
     reject_unknown_query,
 )
+from api.quotas import quota_problems
 from api.schemas import BestGraph, BestList, ErrorOut, StudyPage, StudyStatus, TrialPage
+from api.settings import Settings
 from api.status import PREFIX, study_status, summary
+from api.strict_json import StrictJsonRoute
 from ktg.graph import Graph
 from search.spec import SearchSpec
 from search.study.contract import StudyState, TrialStateName
@@ -41,7 +45,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 MAX_RANK = 100
 
-router = APIRouter(prefix=PREFIX, tags=["studies"], responses=_ERRORS,
+router = APIRouter(prefix=PREFIX, tags=["studies"], responses=_ERRORS, route_class=StrictJsonRoute,
                    dependencies=[Depends(get_tenant), Depends(reject_unknown_query)])
 StudyId = Annotated[UUID, Path(description="The study id returned by POST /v1/studies")]
 
@@ -53,8 +57,25 @@ def _owned(session: Session, tenant: str, study_id: UUID) -> StudyRow:
     return row
 
 
-def _name_error(name: str, message: str) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("body", "name"), "msg": message, "input": name}])
+def _invalid(problems: list[tuple[str, str]]) -> RequestValidationError:
+    """A 422 naming each (field, message), in the shape of the body's own validation errors."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": message, "input": None}
+                                   for field, message in problems])
+
+
+def _check_submission(spec: SearchSpec, tenant: str, settings: Settings) -> None:
+    """What needs the operator's settings: the data confinement and the quotas (a 422 naming the fields).
+
+    Runs in the thread pool (the endpoint is sync): confinement resolves symlinks on disk.
+    """
+    problems = quota_problems(spec, max_trial_epochs=settings.max_trial_epochs,
+                              max_model_params=settings.max_model_params)
+    try:
+        confine_data_dir(settings.datasets_dir, tenant, spec.dataset, spec.data_dir)
+    except Unconfined as exc:
+        problems.insert(0, (exc.field, exc.reason))
+    if problems:
+        raise _invalid(problems)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StudyStatus,
@@ -66,12 +87,15 @@ def create_study(spec: SearchSpec, tenant: Tenant, session: DbSession, lifecycle
     """Record the study and launch it as a Ray job; 202 with its id and ``Location``.
 
     The same name twice for one tenant is 409 (with the existing study's
-    ``Location``), never a second search.
+    ``Location``), never a second search. A ``data_dir`` outside what the tenant
+    may read and a spec over the operator's quotas are 422, before anything is
+    recorded or launched.
     """
+    _check_submission(spec, tenant, settings)
     try:
         row = service.create_study(session, lifecycle, settings.studies_dir, tenant, spec)
     except service.NameTooLong as exc:
-        raise _name_error(spec.name, str(exc)) from None
+        raise _invalid([("name", str(exc))]) from None
     except service.NameTaken as exc:
         headers = {"Location": exc.location} if exc.location else None
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc), headers=headers) from None

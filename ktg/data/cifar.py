@@ -1,19 +1,20 @@
 """CIFAR-10 / CIFAR-100 from torchvision's on-disk python layout.
 
-The files are read with pickle directly instead of through torchvision so that
-nothing can ever trigger a download, and so that missing files produce one
-``KtgError`` listing everything expected. (Like torchvision, this unpickles the
-files: only point it at data you trust.)
+The files are read here instead of through torchvision so that nothing can
+ever trigger a download, and so that missing files produce one ``KtgError``
+listing everything expected. The batches are Python pickles, and a pickle can
+name any function to call; so they are read by ``ktg.data.safe_pickle``, which
+builds plain data and numpy arrays only: a crafted batch is an error, never code.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ktg.data.safe_pickle import load_plain
 from ktg.data.splits import Augment, RawSplits, check_image_size
 from ktg.errors import KtgError
 
@@ -42,12 +43,7 @@ def _dataset_folder(name: str, data_dir: Path | None, folder: str, files: list[s
 
 def _read_batch(path: Path, label_key: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one pickled batch: (N, 3072) uint8 rows in CHW order plus labels."""
-    try:
-        with path.open("rb") as f:
-            # latin1 is what the original Python 2 pickles need for numpy arrays.
-            batch = pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise KtgError(f"{name}: cannot read {path}: {e}") from e
+    batch = load_plain(path, name)
     if not isinstance(batch, dict):
         raise KtgError(f"{name}: {path} is not a CIFAR batch (expected a pickled dict)")
     # Keys are str in the official files (latin1-decoded), bytes if a Python 3
@@ -55,10 +51,15 @@ def _read_batch(path: Path, label_key: str, name: str) -> tuple[torch.Tensor, to
     entries = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in entries or label_key not in entries:
         raise KtgError(f"{name}: {path} lacks 'data' or '{label_key}'")
-    data = np.asarray(entries["data"])
-    labels = np.asarray(entries[label_key])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise KtgError(f"{name}: {path} has data {data.shape} {data.dtype}, expected (N, 3072) uint8 with N labels")
+    try:
+        data = np.asarray(entries["data"])
+        labels = np.asarray(entries[label_key])
+    except (TypeError, ValueError) as e:  # ragged lists and the like
+        raise KtgError(f"{name}: {path} is not a CIFAR batch ({e})") from None
+    if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],)
+            or labels.dtype.kind not in "iu"):
+        raise KtgError(f"{name}: {path} has data {data.shape} {data.dtype} and labels {labels.shape} {labels.dtype}, "
+                       "expected (N, 3072) uint8 with N integer labels")
     x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y

@@ -15,28 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ktg.models import MOBILENET_BLOCKS, mobilenet_channels
 from ktg.models.init import init_weights
-
-# (output channels at width 1.0, stride) of the 13 depthwise-separable blocks.
-_BLOCKS: tuple[tuple[int, int], ...] = (
-    (64, 1),
-    (128, 2),
-    (128, 1),
-    (256, 2),
-    (256, 1),
-    (512, 2),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (1024, 2),
-    (1024, 1),
-)
-
-
-def _scale(channels: int, multiplier: float) -> int:
-    return max(8, round(channels * multiplier))
 
 
 def _conv_bn_relu(
@@ -58,13 +38,13 @@ class MobileNetV1(nn.Module):
         self, multiplier: float, in_channels: int, num_classes: int, image_size: int
     ) -> None:
         super().__init__()
-        channels = _scale(32, multiplier)
+        channels = mobilenet_channels(32, multiplier)
         layers: list[nn.Module] = [_conv_bn_relu(in_channels, channels, 3, 1, 1)]
         size = image_size
-        for base, stride in _BLOCKS:
+        for base, stride in MOBILENET_BLOCKS:
             if stride == 2 and size <= 2:
                 stride = 1
-            out = _scale(base, multiplier)
+            out = mobilenet_channels(base, multiplier)
             depthwise = _conv_bn_relu(channels, channels, 3, stride, groups=channels)
             pointwise = _conv_bn_relu(channels, out, 1, 1, groups=1)
             layers += [depthwise, pointwise]
