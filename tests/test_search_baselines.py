@@ -17,10 +17,10 @@ from optuna.trial import FixedTrial, TrialState
 
 from ktg.graph import Graph
 from search.baselines import candidates, study_baselines
-from search.space import sample_graph
+from search.space import repaired, sample_graph
 from search.spec import SearchSpec
 from search.study.contract import counted
-from search.study.resume import interrupt_trial
+from search.study.resume import interrupt_trial, open_study
 from search.tune.driver import queue_baselines
 from search.tune.searcher import GraphSearcher, Tally
 from tests.search_helpers import ktg_env, load, run_ktg
@@ -139,3 +139,33 @@ def test_a_search_trains_its_baselines_first_marked_and_counted(tmp_path: Path, 
     for t, b in zip(started, expected, strict=False):
         assert t.user_attrs["graph"] == b.graph and t.state == TrialState.COMPLETE
     assert not any("baseline" in t.user_attrs for t in started[len(expected):])
+
+
+@pytest.mark.slow
+def test_no_baselines_and_no_confirmation_draw_as_before(tmp_path: Path, ray_tmp: Path) -> None:
+    """``--baselines none --confirm-top 0``: the trials TPE alone draws on the seed, replayed here."""
+    name, url, trials = f"nb-{uuid.uuid4().hex[:6]}", f"sqlite:///{tmp_path / 'studies.db'}", 5
+    res = run_ktg(["search", "--nodes", "2", "--trials", str(trials), "--epochs", "1", "--study", name,
+                   "--storage", url, "--out", str(tmp_path / "out"), "--target-model", "resnet8",
+                   "--models", "resnet8,wrn16-1", "--workers", "1", "--baselines", "none", "--confirm-top", "0"],
+                  tmp_path, ktg_env(ray_tmp))
+    assert res.rc == 0, res.stdout + res.stderr[-3000:]
+    study = load(url, name)
+    recorded = sorted(study.get_trials(), key=lambda t: t.number)
+    assert not any({"baseline", "confirm_of"} & set(t.user_attrs) for t in recorded)
+    assert "confirmation" not in study.user_attrs and "baselines" not in res.stdout
+    assert sum(counted(t) for t in recorded) == trials
+    # One trial at a time: each draw follows from the results before it, as TPE makes it on this seed.
+    spec = SearchSpec.model_validate(study.user_attrs["spec"])
+    replay = open_study(optuna.storages.InMemoryStorage(), spec, resume=False)
+    for t in recorded:
+        again = replay.ask()
+        _, why = sample_graph(again, spec)
+        assert again.params == t.params, t.number
+        if why:
+            replay.tell(again, state=TrialState.FAIL)
+            replay.enqueue_trial(repaired(again.params, spec))
+            continue
+        for step, value in t.intermediate_values.items():
+            again.report(value, step)
+        replay.tell(again, t.value if t.state == TrialState.COMPLETE else None, state=t.state)

@@ -257,3 +257,27 @@ def test_a_driver_killed_mid_confirmation_resumes_without_retraining(tmp_path: P
     assert new and not {(graph_key(t.user_attrs["graph"]), t.user_attrs["seed"]) for t in new} & finished
     assert pending_jobs(after, SearchSpec.model_validate(load(url, name).user_attrs["spec"])) == []
     assert sum(counted(t) for t in after) == E2E["trials"]
+
+
+def test_the_standard_error_of_one_validation_accuracy_is_printed_with_the_rungs() -> None:
+    from search.tune.schedule import asha_schedule, validation_standard_error
+
+    assert validation_standard_error(400) == pytest.approx(0.02)  # the 400 images: 2 pp
+    spec = SearchSpec(name="s", nodes=2, trials=1, epochs=4)
+    n = len(spec.data_spec().load().val_y)
+    schedule = asha_schedule(spec)
+    assert schedule.val_images == n
+    assert f"on {n:,} images has a standard error of {100 * (0.16 / n) ** 0.5:.1f} pp at 80%" in schedule.describe()
+
+
+def test_rung_correlations_and_the_warning_when_a_rung_ranks_on_noise() -> None:
+    from search.study.rungs import describe, rung_correlations
+
+    finals = [0.60, 0.70, 0.80, 0.90]
+    trials = [create_trial(value=f, intermediate_values={1: 1 - f, 2: f / 2, 3: f}) for f in finals]
+    trials.append(create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.99}))  # never reached the end
+    trials.append(confirmation_trial(0, ALONE.graph, 1, 0.1))  # another seed: not a search trial
+    rows = rung_correlations(trials, [1, 2])
+    assert [(r.epoch, r.rho, r.trials) for r in rows] == [(1, pytest.approx(-1.0), 4), (2, pytest.approx(1.0), 4)]
+    lines = describe(rows)
+    assert "ASHA is pruning on noise" in lines[0] and "noise" not in lines[1]
