@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="resnet8,wrn16-1")
     p.add_argument("--confirm-top", type=int, default=2)
     p.add_argument("--confirm-seeds", type=int, default=2)
-    p.add_argument("--test-seeds", type=int, default=3)
+    p.add_argument("--test-seeds", type=int, default=3, help="0: no test comparison (validation only)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     ktg(["export", "--study", name, "--storage", storage, "--top", str(len(confirmation["graphs"])),
          "--out", str(exported)], log)
 
-    rows = _rows(study, confirmation, exported)
-    graphs = {label: path for label, path in rows.items()}
-    ktg(["compare", *map(str, graphs.values()), "--names", ",".join(graphs), *data, "--epochs", str(args.epochs),
-         "--seeds", str(args.test_seeds), "--workers", str(args.workers), "--out", str(out / "compare"),
-         "--resume"], log)
-    report = json.loads((out / "compare" / "compare.json").read_text())
+    report = None
+    if args.test_seeds:
+        graphs = _rows(study, confirmation, exported)
+        ktg(["compare", *map(str, graphs.values()), "--names", ",".join(graphs), *data, "--epochs",
+             str(args.epochs), "--seeds", str(args.test_seeds), "--workers", str(args.workers),
+             "--out", str(out / "compare"), "--resume"], log)
+        report = json.loads((out / "compare" / "compare.json").read_text())
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(_page(args, study, confirmation, report, log, time.monotonic() - started))
     print(f"\nwrote {doc}")
@@ -112,7 +113,7 @@ def _single_run_best(study: Any) -> Any:
     return min(done, key=lambda t: (-t.value, t.number))
 
 
-def _page(args: argparse.Namespace, study: Any, confirmation: dict[str, Any], report: dict[str, Any],
+def _page(args: argparse.Namespace, study: Any, confirmation: dict[str, Any], report: dict[str, Any] | None,
           log: list[str], seconds: float) -> str:
     import platform
 
@@ -139,6 +140,9 @@ def _page(args: argparse.Namespace, study: Any, confirmation: dict[str, Any], re
         ci = "-" if d is None or d["ci"][0] is None else f"[{pp(d['ci'][0])}, {pp(d['ci'][1])}]"
         lines.append(f"| {i} | {g['trial']} | {g['baseline'] or ''} | {seeds} | {100 * g['val_acc_mean']:.2f} | "
                      f"{'-' if d is None else pp(d['mean'])} | {ci} | {g['verdict']} |")
+    if report is None:
+        return "\n".join([*lines, "", "(no test comparison in this invocation: --test-seeds 0)", "", "Commands:", "",
+                          "```", *log, "```", ""])
     names = [g["name"] for g in report["graphs"]]
     lines += ["", "## On test, paired by seed (against independent)", "",
               "| graph | node 1 test acc % | Δ pp vs independent | 95 % CI |", "|---|---|---|---|"]
