@@ -117,6 +117,9 @@ class BestGraph(BaseModel):
     trial: int
     val_acc: float | None
     graph: dict[str, Any] = Field(description="A ktg-graph/1 file: save it and run `ktg train --graph`")
+    confirmation: dict[str, Any] | None = Field(None, description=(
+        "After the confirmation stage (the graph's meta.confirmation): validation accuracy per seed, its mean, "
+        "and the paired difference against independent with its 95% t interval; `verdict` says it in words"))
 
 
 class BestList(BaseModel):

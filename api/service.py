@@ -27,7 +27,7 @@ from ktg.errors import KtgError
 from search.spec import STUDY_NAME_PATTERN, SearchSpec
 from search.study.contract import TRIAL_ATTRS, StudyState, TrialAttr, TrialStateName, read_attr
 from search.study.queries import TrialRecord, list_trials, optuna_study_id
-from search.study.storage import best_trials, graph_of, load_study
+from search.study.storage import best_trials, confirmation_of, graph_of, load_study
 
 log = logging.getLogger("ktg.api")
 
@@ -143,8 +143,10 @@ def best_graphs(storage: optuna.storages.BaseStorage, row: StudyRow, k: int) -> 
         study = load_study(row.optuna_name, storage)
     except KtgError:
         return []  # the search has not created its study yet
-    return [BestGraph(rank=i, trial=t.number, val_acc=t.value, graph=graph_of(t, row.optuna_name).to_dict())
-            for i, t in enumerate(best_trials(study, k), start=1)]
+    confirmation = confirmation_of(study)
+    graphs = [graph_of(t, row.optuna_name, confirmation).to_dict() for t in best_trials(study, k)]
+    return [BestGraph(rank=i, trial=g["meta"]["trial"], val_acc=g["meta"]["val_acc"], graph=g,
+                      confirmation=g["meta"].get("confirmation")) for i, g in enumerate(graphs, start=1)]
 
 
 def readiness(sessions: sessionmaker[Session], jobs: RayJobs) -> Readiness:

@@ -6,6 +6,9 @@ From Python, one call runs what ``ktg search`` runs::
     tally = search.run({"name": "s", "nodes": 2, "trials": 4, "epochs": 2})
     tally.best  # (validation accuracy, trial number) of the best full-budget trial
 
+A study trains its hand-made graphs first (``search.baselines``), then TPE's
+draws, then re-trains its top graphs and independent on more seeds (the
+confirmation stage: ``search.study.confirmation``, ``search.tune.confirm``).
 The study (every trial's graph, per-epoch validation accuracy and state) lands
 in ``storage`` (default ``$KTG_STORAGE``, else a local SQLite file); read it
 back with Optuna or ``ktg export``. Where each part lives: ``search.spec`` (what a

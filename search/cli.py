@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, get_origin
 
+import optuna
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from ray.tune import Callback
@@ -17,13 +18,26 @@ from rich.text import Text
 
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Graph
-from ktg.report import console, out, table
+from ktg.report import console, fmt_acc, out, table
+from search.baselines import study_baselines
 from search.commands import flag_of
+from search.compare.stats import CONFIDENCE
 from search.space import describe_size, space_size
 from search.spec import SearchSpec, spec_error_lines
-from search.study.contract import TrialAttr
+from search.study.confirmation import Confirmation
+from search.study.contract import STUDY_ATTR_RUNGS, TrialAttr, ranked
 from search.study.resume import open_study, stored_spec
-from search.study.storage import best_trials, graph_of, load_study, masked, open_storage, storage_url
+from search.study.rungs import correlations_from_json
+from search.study.rungs import describe as describe_rungs
+from search.study.storage import (
+    best_trials,
+    confirmation_of,
+    graph_of,
+    load_study,
+    masked,
+    open_storage,
+    storage_url,
+)
 from search.tune.driver import RunOptions, run_search
 from search.tune.schedule import asha_schedule
 from search.tune.searcher import Tally
@@ -117,24 +131,66 @@ class LiveDisplay(Callback):
         self.refresh()
 
 
+def _edges_text(graph: dict[str, Any]) -> tuple[str, str]:
+    g = Graph.from_dict(graph)
+    models = " ".join(n.model for n in g.nodes)
+    edges = ", ".join(f"{e.source}>{e.target} {e.loss}/{e.gate}" + (f" T={e.temperature:g}" if e.temperature != 1 else "")
+                      for e in g.edges if e.source != LABEL_NODE)
+    return models, edges or "-"
+
+
 def _top_table(study_name: str, trials: list, title: str) -> Table:
     rows = []
     for rank, t in enumerate(trials, 1):
-        g = Graph.from_dict(t.user_attrs[TrialAttr.GRAPH])
-        models = " ".join(n.model for n in g.nodes)
-        edges = ", ".join(f"{e.source}>{e.target} {e.loss}/{e.gate}" for e in g.edges if e.source != LABEL_NODE)
-        rows.append([rank, t.number, f"{100 * t.value:.2f}", models, edges or "-"])
-    return table(title, ["rank", "trial", "val acc %", "models (node 1 first)", "edges between nodes"], rows)
+        models, edges = _edges_text(t.user_attrs[TrialAttr.GRAPH])
+        rows.append([rank, t.number, f"{100 * t.value:.2f}", t.user_attrs.get(TrialAttr.BASELINE, ""), models, edges])
+    return table(title, ["rank", "trial", "val acc %", "baseline", "models (node 1 first)", "edges between nodes"], rows)
 
 
-def write_graphs(study_name: str, trials: list, out_dir: Path, names: list[str]) -> list[Path]:
-    """Write each trial's graph (JSON + SVG) with its provenance."""
+def _confirmed_table(confirmation: Confirmation, graphs: dict[int, dict[str, Any]], title: str) -> Table:
+    """The confirmed graphs by mean over seeds, each with its paired margin over independent."""
+    rows = []
+    for rank, c in enumerate(confirmation.graphs, 1):
+        d = c.vs_independent
+        margin = "-" if d is None else f"{100 * d.mean:+.2f}"
+        ci = "-" if d is None or d.n < 2 else f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+        models, edges = _edges_text(graphs[c.trial]) if c.trial in graphs else ("-", "-")
+        rows.append([rank, c.trial, c.baseline or "", fmt_acc(list(c.per_seed.values())), len(c.per_seed),
+                     margin, ci, models, edges])
+    return table(title, ["rank", "trial", "baseline", "val acc % (mean ± sd)", "seeds", "Δ pp vs independent",
+                         f"{int(100 * CONFIDENCE)}% CI", "models (node 1 first)", "edges between nodes"], rows)
+
+
+def _winner_line(confirmation: Confirmation) -> str:
+    winner = confirmation.winner
+    if winner is None:
+        return "confirmation: no confirmed graph finished"
+    return f"winner by mean over {len(winner.per_seed)} seeds: trial {winner.trial}, {winner.verdict}"
+
+
+def show_study_figures(study: optuna.Study, best: list) -> None:
+    """What ``ktg search`` ends with and ``ktg export`` shows: the rungs, the confirmed ranking, the margin."""
+    for line in describe_rungs(correlations_from_json(study.user_attrs.get(STUDY_ATTR_RUNGS))):
+        out.print(line, highlight=False)
+    confirmation = confirmation_of(study)
+    if confirmation is not None and confirmation.graphs:
+        graphs = {t.number: t.user_attrs[TrialAttr.GRAPH] for t in study.get_trials(deepcopy=False)
+                  if TrialAttr.GRAPH in t.user_attrs}
+        seeds = ", ".join(map(str, confirmation.seeds))
+        out.print(_confirmed_table(confirmation, graphs,
+                                   f"confirmed graphs of {study.study_name} (validation, seeds {seeds} added)"))
+        out.print(_winner_line(confirmation), highlight=False)
+
+
+def write_graphs(study: optuna.Study, trials: list, out_dir: Path, names: list[str]) -> list[Path]:
+    """Write each trial's graph (JSON + SVG) with its provenance (and its confirmation, if any)."""
     from ktg.show import write_svg
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    confirmation = confirmation_of(study)
     paths = []
     for trial, name in zip(trials, names, strict=False):
-        graph = graph_of(trial, study_name)
+        graph = graph_of(trial, study.study_name, confirmation)
         path = out_dir / f"{name}.json"
         graph.save(path)
         write_svg(graph, path.with_suffix(".svg"))
@@ -153,7 +209,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     url = storage_url(args.storage)
     if args.resume:  # the spec stored in the study comes first
         storage = open_storage(url)
-        name = args.study or given.get("name")
+        name = args.name or given.get("name")
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
         schedule = asha_schedule(spec)
     else:  # checked before the storage is touched: bad input leaves nothing behind, not even an empty file
@@ -163,17 +219,29 @@ def run_search_command(args: argparse.Namespace) -> int:
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
               f"{spec.epochs} epochs on {spec.dataset}; search space {describe_size(space_size(spec))} graphs")
-    out.print(schedule.describe())
-    tally = run_search(spec, study, options, display=lambda tally: LiveDisplay(tally, spec.name), storage_url=url)
+    out.print(schedule.describe(), highlight=False)
+    _show_baselines(spec, resume=args.resume)
+    tally = run_search(spec, study, options, display=LiveDisplay, storage_url=url)
     best = best_trials(study, 5)
     if not best:
         out.print("no trial reached the full budget yet; nothing to export")
         return 0
-    out.print(_top_table(spec.name, best, f"top graphs of {spec.name} (full-budget trials)"))
-    path = write_graphs(spec.name, best[:1], options.out_dir, ["best"])[0]
+    out.print(_top_table(spec.name, [t for t in best if ranked(t)] or best,
+                         f"top graphs of {spec.name} (full-budget trials, one seed)"))
+    show_study_figures(study, best)
+    path = write_graphs(study, best[:1], options.out_dir, ["best"])[0]
     out.print(f"wrote {path} and {path.with_suffix('.svg')}  ({tally.complete} complete, "
               f"{tally.pruned} pruned, {tally.failed} failed this run)")
     return 0
+
+
+def _show_baselines(spec: SearchSpec, *, resume: bool) -> None:
+    baselines, notes = study_baselines(spec)
+    for note in notes:
+        out.print(note, highlight=False)
+    if baselines:
+        when = "queued when the study began" if resume else "trained first, counted in --trials"
+        out.print(f"baselines ({when}): {', '.join(b.name for b in baselines)}", highlight=False)
 
 
 def _spec_json(text: str | None) -> dict[str, Any]:
@@ -197,8 +265,9 @@ def run_export_command(args: argparse.Namespace) -> int:
     best = best_trials(study, args.top)
     if not best:
         raise KtgError(f"study {args.study!r} has no trial trained to the full budget yet; nothing to export")
-    paths = write_graphs(args.study, best, Path(args.out), [str(i) for i in range(1, len(best) + 1)])
+    paths = write_graphs(study, best, Path(args.out), [str(i) for i in range(1, len(best) + 1)])
     out.print(_top_table(args.study, best, f"top {len(best)} of {args.study}"))
+    show_study_figures(study, best)
     for p in paths:
         out.print(f"wrote {p}")
     return 0

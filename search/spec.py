@@ -10,7 +10,7 @@ fields (epochs, batch size, lr, warm-up) default to ``ktg.recipe.Recipe``'s.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -59,7 +59,7 @@ class SearchSpec(BaseModel):
     lr: Annotated[float, Field(gt=0, le=10, description="Learning rate")] = Recipe.lr
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000,
                                        description="Linear lr warm-up steps (0 = the paper's)")] = Recipe.warmup_steps
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed shared by every trial")] = 0
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed of every search trial (confirmation trials use the next ones)")] = 0
     max_retries: Annotated[int, Field(ge=0, le=100, description=(
         "Restarts of a trial whose process died (node lost, OOM kill), from its last checkpoint"))] = 2
     keep_best: Annotated[int, Field(ge=0, le=10_000, description=(
@@ -67,6 +67,16 @@ class SearchSpec(BaseModel):
     checkpoint_gb: Annotated[float, Field(ge=0, le=1_000_000, description=(
         "Disk for the checkpoints of PRUNED trials (a twin drawn later continues one); "
         "past it the lowest-ranked at its rung is deleted first"))] = 2.0
+
+    baselines: Literal["none", "independent", "all"] = Field(default="all", description=(
+        "Hand-made graphs trained first, counted in --trials: none, independent, or all (independent, KD from "
+        "each of --models frozen at T=2, DML with each; independent alone when they would take over half "
+        "the trials)"))
+    confirm_top: Annotated[int, Field(ge=0, le=20, description=(
+        "After the budget, re-train the top K full-budget graphs and independent with --confirm-seeds more "
+        "seeds; the winner is the best mean (0: off, the winner is the best single run)"))] = 3
+    confirm_seeds: Annotated[int, Field(ge=1, le=20, description=(
+        "Extra seeds (seed+1, seed+2, ...) of each confirmed graph; the margin over independent is on them"))] = 3
 
     @field_validator("dataset")
     @classmethod

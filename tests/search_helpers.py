@@ -25,6 +25,10 @@ from search.study.storage import sqlalchemy_url
 
 KTG = [sys.executable, "-m", "ktg.cli"]
 TINY_MODELS = ["--target-model", "resnet20", "--models", "resnet20,wrn16-1"]
+# A search as before issue 17: no hand-made graphs queued first, no confirmation stage
+# (for the tests of other behaviour, whose trial sets these would change).
+AS_BEFORE_FIELDS = {"baselines": "none", "confirm_top": 0}
+AS_BEFORE = ["--baselines", "none", "--confirm-top", "0"]
 FINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 # The interrupted study: the tiny spec whose space the tests count by brute force.

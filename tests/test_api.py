@@ -27,13 +27,15 @@ from api.ray_head import HeadError, ensure_local_head, read_head, stop_local_hea
 from api.ray_jobs import RayJobs
 from tests.api_server import KTG, Server, status
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
+from tests.search_helpers import AS_BEFORE_FIELDS
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
 ALICE = {"Authorization": "Bearer alice-token-5f1d2c"}
 BOB = {"Authorization": "Bearer bob-token-9a8e7b"}
-TINY = {"nodes": 2, "epochs": 2, "dataset": "digits", "models": ["resnet20"], "target_model": "resnet20"}
+TINY = {"nodes": 2, "epochs": 2, "dataset": "digits", "models": ["resnet20"], "target_model": "resnet20",
+        **AS_BEFORE_FIELDS}
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from tests.api_server import Server, status
 from tests.postgres import postgres_url  # noqa: F401
 from tests.ray_cluster import alive_nodes, cluster_env, join_node, start_head, trial_workers
-from tests.search_helpers import reap_session
+from tests.search_helpers import AS_BEFORE_FIELDS, reap_session
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "carol-token-3c9e0f"
 TRIALS = 8
 SPEC = {"name": "lost", "nodes": 2, "trials": TRIALS, "epochs": 6, "models": ["resnet20", "wrn16-1"],
-        "target_model": "resnet20", "gates": ["through", "linear"], "max_retries": 2}
+        "target_model": "resnet20", "gates": ["through", "linear"], "max_retries": 2, **AS_BEFORE_FIELDS}
 
 
 def trials_of(client: httpx.Client, study_id: str) -> list[dict[str, Any]]:

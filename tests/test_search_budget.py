@@ -22,7 +22,7 @@ from search.study.contract import counted
 from search.study.queries import study_figures
 from search.study.storage import finished_count, open_storage, trial_counts
 from search.tune.searcher import GraphSearcher, Tally
-from tests.search_helpers import FINAL, ktg_env, load, run_ktg
+from tests.search_helpers import AS_BEFORE, FINAL, ktg_env, load, run_ktg
 
 FIRST_TRIALS, RESUMED_TRIALS = 6, 9
 
@@ -68,7 +68,7 @@ def test_budget_counts_trained_graphs_on_run_and_resume(tmp_path: Path, ray_tmp:
     common = ["--study", "budget", "--storage", url, "--out", str(tmp_path / "out"), "--workers", "2"]
     first = run_ktg(["search", "--nodes", "2", "--trials", str(FIRST_TRIALS), "--epochs", "1",
                      "--target-model", "resnet20", "--models", "resnet20", "--gates", "through,cutoff",
-                     *common], tmp_path, ktg_env(ray_tmp))
+                     *AS_BEFORE, *common], tmp_path, ktg_env(ray_tmp))
     assert first.rc == 0, first.stdout + first.stderr[-4000:]
     after_first = load(url, "budget").get_trials()
     assert len(trained(after_first)) == FIRST_TRIALS

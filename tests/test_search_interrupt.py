@@ -28,6 +28,7 @@ from search.study.contract import counted
 from search.study.storage import sqlalchemy_url
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 from tests.search_helpers import (
+    AS_BEFORE,
     FINAL,
     KTG,
     TINY_SPEC,
@@ -109,7 +110,7 @@ def interrupted_search(postgres_url: str, tmp_path_factory: pytest.TempPathFacto
     first = ["search", "--nodes", str(TINY_SPEC["nodes"]), "--trials", str(CHAIN_TRIALS),
              "--epochs", str(CHAIN_EPOCHS), "--study", name, "--out", str(out), "--target-model", "resnet20",
              "--models", ",".join(TINY_SPEC["models"]), "--gates", ",".join(TINY_SPEC["gates"]),
-             "--losses", ",".join(TINY_SPEC["losses"]), "--workers", "2"]
+             "--losses", ",".join(TINY_SPEC["losses"]), "--workers", "2", *AS_BEFORE]
     resume = ["search", "--study", name, "--resume", "--out", str(out)]
     c = SimpleNamespace(work=work, name=name, out=out, url=postgres_url, outputs=[])
     sids: list[int] = []

@@ -31,7 +31,7 @@ from search.spec import SearchSpec
 from search.study.contract import STUDY_ATTR_SPEC
 from search.study.storage import sqlalchemy_url
 from tests.ray_cluster import alive_nodes, cluster_env, join_node, start_head, trial_workers
-from tests.search_helpers import KTG, TINY_MODELS, nan_fault_env, reap_session
+from tests.search_helpers import AS_BEFORE, KTG, TINY_MODELS, nan_fault_env, reap_session
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def start_search(work: Path, env: dict[str, str], url: str, address: str, *flags
     with open(work / "search.log", "wb") as log:
         return subprocess.Popen(
             [*KTG, "search", "--nodes", "2", "--study", "retry", "--storage", url, "--out", str(work / "out"),
-             *TINY_MODELS, "--gates", "through,linear", "--max-retries", "2", "--ray-address", address, *flags],
+             *TINY_MODELS, "--gates", "through,linear", "--max-retries", "2", "--ray-address", address, *AS_BEFORE, *flags],
             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

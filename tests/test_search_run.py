@@ -36,6 +36,7 @@ from search.spec import SearchSpec
 from search.study.contract import counted
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 from tests.search_helpers import (
+    AS_BEFORE,
     FINAL,
     KTG,
     TINY_MODELS,
@@ -73,7 +74,7 @@ def main_search(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,  # 
     name = f"main-{uuid.uuid4().hex[:8]}"
     out = work / "out"
     args = ["search", "--nodes", str(MAIN_NODES), "--trials", str(MAIN_TRIALS), "--epochs", str(MAIN_EPOCHS),
-            "--study", name, "--storage", postgres_url, "--out", str(out), *TINY_MODELS, "--workers", "2"]
+            "--study", name, "--storage", postgres_url, "--out", str(out), *TINY_MODELS, "--workers", "2", *AS_BEFORE]
     started = time.monotonic()
     res = run_ktg(args, work, ktg_env(ray_tmp, **nan_fault_env(POISONED)))
     study = load(postgres_url, name)
@@ -225,7 +226,7 @@ def test_search_run_from_python(tmp_path: Path, ray_tmp: Path) -> None:
     db = tmp_path / "db.sqlite"
     code = ("import sys, search\n"
             "fields = {'name': 'nb', 'nodes': 2, 'trials': 2, 'epochs': 1, 'target_model': 'resnet20',"
-            " 'models': ['resnet20']}\n"
+            " 'models': ['resnet20'], 'baselines': 'none', 'confirm_top': 0}\n"
             f"tally = search.run(fields, storage='sqlite:///{db}', out_dir='out', workers=1)\n"
             "print('tally', tally.budget, tally.finished)\n"
             "print('driver imported torch:', 'torch' in sys.modules)\n")
@@ -308,7 +309,7 @@ def test_search_starts_its_own_ray_beside_a_ray_start_cluster(tmp_path: Path) ->
             proc = subprocess.Popen(
                 [*KTG, "search", "--nodes", "2", "--trials", "1", "--epochs", "1", "--study", "own-ray",
                  "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "--out", str(tmp_path / "out"), *TINY_MODELS,
-                 "--workers", "1"],
+                 "--workers", "1", *AS_BEFORE],
                 cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:  # which Ray did its driver connect to? (no need to let the trial train)
             pattern = f"session_2*/logs/python-core-driver-*_{proc.pid}.log"

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 from optuna.trial import TrialState
 
-from tests.search_helpers import KTG, ktg_env, load
+from tests.search_helpers import AS_BEFORE, KTG, ktg_env, load
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def both_searches(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) -> Si
         env = ktg_env(ray_tmp, PYTHONPATH=path, KTG_TEST_EPOCH_LOG=str(log), **extra)
         args = ["search", "--nodes", "2", "--trials", str(TRIALS), "--epochs", str(EPOCHS), "--study", name,
                 "--storage", f"sqlite:///{work / name}.db", "--out", str(work / name), "--target-model", "resnet20",
-                "--models", "resnet20", "--gates", "through,linear", "--workers", "1"]
+                "--models", "resnet20", "--gates", "through,linear", "--workers", "1", *AS_BEFORE]
         runs[name] = (subprocess.Popen([*KTG, *args], cwd=work, env=env, text=True, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT), log)
     found = {}

@@ -29,7 +29,7 @@ from ktg.teachers import TeacherCache
 from ktg.trainer import RunResult
 from search.tune.checkpoints import CheckpointBook, book_of, drop_older_checkpoints, folder_bytes
 from tests.conftest import DIGITS_VAL
-from tests.search_helpers import TINY_MODELS, ktg_env, load, run_ktg
+from tests.search_helpers import AS_BEFORE, TINY_MODELS, ktg_env, load, run_ktg
 
 CPU = Accel(torch.device("cpu"))
 RECIPE = Recipe(epochs=3, warmup_steps=5)
@@ -182,7 +182,8 @@ def test_a_search_keeps_the_best_checkpoint_only(tmp_path: Path, ray_tmp: Path) 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     out = tmp_path / "out"
     res = run_ktg(["search", "--nodes", "2", "--trials", "5", "--epochs", "4", "--study", "ckpt", "--storage", url,
-                   "--out", str(out), *TINY_MODELS, "--workers", "2", "--keep-best", "1", "--checkpoint-gb", "0"],
+                   "--out", str(out), *TINY_MODELS, "--workers", "2", "--keep-best", "1", "--checkpoint-gb", "0",
+                   *AS_BEFORE],
                   tmp_path, ktg_env(ray_tmp))
     assert res.rc == 0, res.stdout + res.stderr[-4000:]
     trials = {t.number: t for t in load(url, "ckpt").get_trials()}

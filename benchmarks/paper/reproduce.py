@@ -54,12 +54,14 @@ class Scale:
     teacher: str  # KD's frozen, larger teacher
     workers: int = 2
     data_dir: str | None = None  # Fashion-MNIST's folder (default: where Debian installs it)
+    confirm_top: int = 3  # the searches' confirmation stage: top graphs re-trained with more seeds
+    confirm_seeds: int = 3
 
 
 FULL = Scale(train_size=1000, epochs=15, seeds=5, trials_2n=24, trials_3n=32, trials_source=24, top_k=3,
              top_k_seeds=1, target="resnet20", peers="resnet8,resnet20,wrn16-1", teacher="wrn16-2")
 SMOKE = Scale(train_size=100, epochs=2, seeds=2, trials_2n=3, trials_3n=3, trials_source=3, top_k=2,
-              top_k_seeds=1, target="resnet8", peers="resnet8", teacher="resnet14")
+              top_k_seeds=1, target="resnet8", peers="resnet8", teacher="resnet14", confirm_top=1, confirm_seeds=1)
 
 DATASET = "fashionmnist"
 SOURCE_DATASET = "digits"  # Table 3: search here, re-use on Fashion-MNIST
@@ -93,7 +95,8 @@ def search(name: str, nodes: int, trials: int, dataset: str, s: Scale, storage: 
            log: list[str]) -> Path:
     args = ["search", "--study", name, "--nodes", str(nodes), "--trials", str(trials), "--dataset", dataset,
             "--epochs", str(s.epochs), "--target-model", s.target, "--models", s.peers,
-            "--workers", str(s.workers), "--storage", storage, "--out", str(out / name)]
+            "--workers", str(s.workers), "--storage", storage, "--out", str(out / name),
+            "--confirm-top", str(s.confirm_top), "--confirm-seeds", str(s.confirm_seeds)]
     if dataset != SOURCE_DATASET:
         args += ["--train-size", str(s.train_size), *data_dir_flag(s)]
     if study_exists(storage, name):
@@ -351,6 +354,10 @@ def write_page(s: Scale, smoke: bool, storage: str, report: dict[str, Any], top_
         "(same initial weights of the shared node-1 model, same batches). The CI is the 95 % t interval "
         "of the per-seed differences.",
         "",
+        "## The searches' baselines and confirmation stage (validation)",
+        "",
+        *confirmation_lines(storage, ("fm-2n", "fm-3n", "digits-2n")),
+        "",
         "## Table 2 analog: node 1 on Fashion-MNIST",
         "",
         *table(report, ["independent", "kd", "dml-2", "searched-2n", "searched-3n"], "independent"),
@@ -413,6 +420,27 @@ def write_page(s: Scale, smoke: bool, storage: str, report: dict[str, Any], top_
               "            --ray-address auto --out runs/c100-compare",
               "```", ""]
     return "\n".join(lines)
+
+
+def confirmation_lines(storage: str, names: tuple[str, ...]) -> list[str]:
+    """Per study: where the baselines ranked on one seed, and the confirmed winner with its margin."""
+    import optuna
+
+    lines = []
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        single = [t for t in complete_trials(storage, name) if "confirm_of" not in t.user_attrs]
+        ranks = [f"{t.user_attrs['baseline']} #{i}" for i, t in enumerate(single, 1) if "baseline" in t.user_attrs]
+        confirmed = study.user_attrs.get("confirmation") or {}
+        winner = (confirmed.get("graphs") or [None])[0]
+        lines.append(f"- `{name}`: baselines' ranks among {len(single)} full-budget trials (one seed): "
+                     f"{', '.join(ranks) or 'none trained'}.")
+        if winner is not None:
+            changed = single and winner["trial"] != single[0].number
+            lines.append(f"  Confirmed winner: trial {winner['trial']} ({winner['baseline'] or 'searched'}), mean "
+                         f"{100 * winner['val_acc_mean']:.2f} % over {len(winner['per_seed'])} seeds, "
+                         f"{winner['verdict']}; confirmation {'changed' if changed else 'kept'} the single-run winner.")
+    return lines
 
 
 def conclusion(report: dict[str, Any], s: Scale) -> list[str]:

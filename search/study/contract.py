@@ -31,6 +31,8 @@ class TrialAttr(StrEnum):
     CONTINUED_FROM = "continued_from"
     REPAIR_OF = "repair_of"
     RETRY_OF = "retry_of"
+    BASELINE = "baseline"
+    CONFIRM_OF = "confirm_of"
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,17 @@ class AttrRule:
 
 TRIAL_ATTRS: dict[TrialAttr, AttrRule] = {
     TrialAttr.EPOCHS: AttrRule(int, None, "Epochs trained (the last one reported)"),
-    TrialAttr.SEED: AttrRule(int, None, "The study's seed, which every trial shares"),
+    TrialAttr.SEED: AttrRule(int, None, "The seed it trained with: the study's, or a confirmation seed"),
     TrialAttr.INTERRUPTED: AttrRule(bool, False, "Its driver died; it was re-queued and is not counted"),
     TrialAttr.SKIPPED: AttrRule(str, None, "Why it was sampled but never trained"),
     TrialAttr.ERROR: AttrRule(str, None, "Why it failed (the exception its training raised)"),
     TrialAttr.RETRIES: AttrRule(int, 0, "Restarts from its checkpoint after its worker or node was lost"),
     TrialAttr.CONTINUED_FROM: AttrRule(int, None, "The earlier trial of the same graph whose epochs it took over"),
     TrialAttr.REPAIR_OF: AttrRule(int, None, "The untrainable draw it repairs (the target's label edge opened)"),
+    TrialAttr.BASELINE: AttrRule(str, None, "The hand-made graph it trains ('independent', 'kd:<model>', "
+                                            "'dml:<model>'; search.baselines)"),
+    TrialAttr.CONFIRM_OF: AttrRule(int, None, "The trial whose graph it re-trains with another seed "
+                                              "(the confirmation stage; not counted)"),
     TrialAttr.RETRY_OF: AttrRule(int, None, "The interrupted trial whose graph it runs again", shown=False),
     TrialAttr.GRAPH: AttrRule(dict, None, "The trial's graph (ktg-graph/1)", shown=False),
 }
@@ -82,11 +88,22 @@ FINISHED_STATES: tuple[Outcome, ...] = get_args(Outcome)
 
 # A trial does not count against the budget when it carries one of these attributes
 # (in that state; None: in any). Interrupted ones were re-queued, and their copy counts;
-# skipped ones were never trained: ``--trials N`` means N trained graphs.
+# skipped ones were never trained: ``--trials N`` means N trained graphs; confirmation
+# trials re-train graphs already counted, with other seeds, after the budget.
 UNCOUNTED: dict[TrialAttr, TrialState | None] = {
     TrialAttr.INTERRUPTED: None,
     TrialAttr.SKIPPED: TrialState.FAIL,
+    TrialAttr.CONFIRM_OF: None,
 }
+
+# Trials carrying one of these are never ranked as the search's draws ("best", twins):
+# a confirmation trial's accuracy is another seed's, and its graph is ranked by its mean.
+UNRANKED: tuple[TrialAttr, ...] = (TrialAttr.CONFIRM_OF,)
+
+
+def ranked(trial: FrozenTrial) -> bool:
+    """Whether a trial is one of the search's own draws, ranked by its value (``UNRANKED``)."""
+    return not any(attr in trial.user_attrs for attr in UNRANKED)
 
 
 def counted(trial: FrozenTrial) -> bool:
@@ -100,3 +117,5 @@ ACTIVE_STUDY_STATES: tuple[StudyState, ...] = ("queued", "running")
 FINISHED_STUDY_STATES: frozenset[StudyState] = frozenset({"succeeded", "failed", "cancelled"})
 
 STUDY_ATTR_SPEC = "spec"  # the study's user attribute holding the spec it was created with
+STUDY_ATTR_CONFIRMATION = "confirmation"  # the confirmation stage's ranking and margin (search.study.confirmation)
+STUDY_ATTR_RUNGS = "rung_spearman"  # per ASHA rung: Spearman's rho with the final accuracy (search.study.rungs)

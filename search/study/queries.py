@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from search.study.contract import TRIAL_ATTRS, TRIAL_STATES, UNCOUNTED, TrialAttr, TrialStateName
+from search.study.contract import TRIAL_ATTRS, TRIAL_STATES, UNCOUNTED, UNRANKED, TrialAttr, TrialStateName
 from search.study.storage import finished_in
 
 _STATE_NAMES: dict[TrialState, TrialStateName] = {state: name for name, state in TRIAL_STATES.items()}
@@ -94,7 +94,8 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     best = (select(trial.state, func.max(value.value))
             .join(value, value.trial_id == trial.trial_id)
             .where(trial.study_id == study_id, value.objective == 0, value.value_type == _FINITE,
-                   trial.state.in_((TrialState.COMPLETE, TrialState.PRUNED)), _has_attr(TrialAttr.GRAPH))
+                   trial.state.in_((TrialState.COMPLETE, TrialState.PRUNED)), _has_attr(TrialAttr.GRAPH),
+                   *(~_has_attr(attr) for attr in UNRANKED))
             .group_by(trial.state))
     by_state = {state: _finite(v) for state, v in session.execute(best)}
     figures.best_complete_val_acc = by_state.get(TrialState.COMPLETE)

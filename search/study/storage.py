@@ -23,7 +23,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ktg.errors import KtgError, first_line
 from ktg.graph import Graph
-from search.study.contract import FINISHED_STATES, TRIAL_STATES, TrialAttr, counted
+from search.study.confirmation import Confirmation, confirmation_from_json
+from search.study.contract import (
+    FINISHED_STATES,
+    STUDY_ATTR_CONFIRMATION,
+    TRIAL_STATES,
+    TrialAttr,
+    counted,
+    ranked,
+)
 
 STORAGE_ENV = "KTG_STORAGE"
 DEFAULT_STORAGE = "sqlite:///ktg-studies.db"
@@ -107,14 +115,31 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
-    """The top-k trials trained to the full budget (COMPLETE only), best first."""
+    """The top-k trials trained to the full budget (COMPLETE only), best first.
+
+    After a confirmation stage its graphs come first, by their mean over seeds
+    (``search.study.confirmation``), then the other search trials by value.
+    """
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None and TrialAttr.GRAPH in t.user_attrs]
-    return sorted(done, key=lambda t: (-t.value, t.number))[:k]
+    by_number = {t.number: t for t in done}
+    confirmed = confirmation_of(study)
+    first = [by_number[g.trial] for g in (confirmed.graphs if confirmed else []) if g.trial in by_number]
+    rest = sorted((t for t in done if ranked(t) and t not in first), key=lambda t: (-t.value, t.number))  # type: ignore[operator]
+    return (first + rest)[:k]
 
 
-def graph_of(trial: FrozenTrial, study_name: str) -> Graph:
-    """The trial's graph as a ``ktg-graph/1`` file with its provenance in ``meta``."""
+def confirmation_of(study: optuna.Study) -> Confirmation | None:
+    """The study's confirmation summary, if its confirmation stage ran."""
+    return confirmation_from_json(study.user_attrs.get(STUDY_ATTR_CONFIRMATION))
+
+
+def graph_of(trial: FrozenTrial, study_name: str, confirmation: Confirmation | None = None) -> Graph:
+    """The trial's graph as a ``ktg-graph/1`` file with its provenance in ``meta``, and,
+    for a confirmed graph, its ``confirmation``: accuracy per seed, mean, margin over independent."""
     graph = Graph.from_dict(trial.user_attrs[TrialAttr.GRAPH])
+    confirmed = confirmation.of_trial(trial.number) if confirmation else None
+    extra = {"confirmation": confirmed.to_json()} if confirmed else {}
     return graph.with_meta(study=study_name, trial=trial.number, val_acc=trial.value,
-                           seed=trial.user_attrs.get(TrialAttr.SEED), epochs=trial.user_attrs.get(TrialAttr.EPOCHS))
+                           seed=trial.user_attrs.get(TrialAttr.SEED), epochs=trial.user_attrs.get(TrialAttr.EPOCHS),
+                           **extra)

@@ -22,16 +22,22 @@ import optuna
 from ray.tune import Callback
 
 from ktg.teachers import default_cache_dir
+from search.baselines import study_baselines
 from search.local_ray import join_ray
 from search.spec import SearchSpec
+from search.study.confirmation import pending_jobs, summarise
+from search.study.contract import STUDY_ATTR_CONFIRMATION, STUDY_ATTR_RUNGS, TrialAttr
+from search.study.rungs import rung_correlations
 from search.study.storage import finished_count, open_storage
 from search.tune.checkpoints import book_of
+from search.tune.confirm import ConfirmSearcher
 from search.tune.schedule import asha_schedule
 from search.tune.searcher import GraphSearcher, Tally, TrialHandles, checkpoint_budget
 from search.tune.trial import METRIC, train_trial
 from search.tune.twins import Twins
 
 DEFAULT_OUT_DIR = Path("runs/search")
+CONFIRM_STAGE = "-confirm"  # the confirmation stage's Tune folder: the study's, with this suffix
 
 
 @dataclass
@@ -54,11 +60,15 @@ class RunOptions:
 
 
 def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
-               display: Callable[[Tally], Callback] | None = None, storage_url: str | None = None) -> Tally:
-    """Run the study to its budget on Ray Tune with ASHA; return the tally.
+               display: Callable[[Tally, str], Callback] | None = None, storage_url: str | None = None) -> Tally:
+    """Run the study to its budget on Ray Tune with ASHA, then its confirmation stage; return the
+    search's tally. ``display(tally, title)`` makes each stage's live display.
 
-    ``storage_url`` lets a SIGTERM handler record the running trials on a fresh
-    connection; it is never handed to Ray (the searcher is pickled there).
+    The baselines are queued first, on a new study (``search.baselines``). Once
+    the budget is spent, the rungs' correlations and the confirmation's summary
+    are stored as the study's user attributes. ``storage_url`` lets a SIGTERM
+    handler record the running trials on a fresh connection; it is never handed
+    to Ray (the searcher is pickled there).
     """
     # Ray's own console reporter would fight our live display; the legacy one is silent at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -66,15 +76,43 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     # the experiment folder) repeat what the study records; its JSON log stays (_tuner).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     options.out_dir.mkdir(parents=True, exist_ok=True)
+    queue_baselines(study, spec)
     tally = Tally(budget=spec.trials, done_before=finished_count(study))
-    if tally.done_before >= spec.trials:
-        return tally
-    workers = _start_ray(options)
-    trials = study.get_trials(deepcopy=False)
-    book = book_of(trials, spec.keep_best, checkpoint_budget(spec), experiment_dir(spec, options))
-    searcher = GraphSearcher(study, spec, tally, options.worker_config(), book, Twins.of_trials(trials))
-    callbacks = [TrialHandles(searcher), *([display(tally)] if display is not None else [])]
-    tuner = _tuner(spec, options, searcher, callbacks, workers)
+    workers: int | None = None
+    if tally.done_before < spec.trials:
+        workers = _start_ray(options)
+        trials = study.get_trials(deepcopy=False)
+        book = book_of(trials, spec.keep_best, checkpoint_budget(spec), experiment_dir(spec, options))
+        searcher = GraphSearcher(study, spec, tally, options.worker_config(), book, Twins.of_trials(trials))
+        _fit(spec, options, searcher, display(tally, spec.name) if display else None, workers, storage_url)
+    study.set_user_attr(STUDY_ATTR_RUNGS, [c.to_json() for c in rung_correlations(
+        study.get_trials(deepcopy=False), asha_schedule(spec).rungs)])
+    jobs = pending_jobs(study.get_trials(deepcopy=False), spec)
+    if jobs:
+        workers = workers or _start_ray(options)
+        confirming = Tally(budget=len(jobs), done_before=0)
+        searcher = ConfirmSearcher(study, spec, confirming, options.worker_config(), jobs)
+        title = f"{spec.name} confirmation ({spec.confirm_seeds} more seeds)"
+        _fit(spec, options, searcher, display(confirming, title) if display else None, workers, storage_url,
+             stage=CONFIRM_STAGE)
+    if spec.confirm_top:
+        study.set_user_attr(STUDY_ATTR_CONFIRMATION, summarise(study.get_trials(deepcopy=False), spec).to_json())
+    return tally
+
+
+def queue_baselines(study: optuna.Study, spec: SearchSpec) -> None:
+    """On a new study, queue its baselines (``search.baselines``) before any draw: TPE starts from them."""
+    if study.get_trials(deepcopy=False):
+        return  # queued when the study began (a resume), or it began before baselines existed
+    for baseline in study_baselines(spec)[0]:
+        study.enqueue_trial(baseline.params, user_attrs={TrialAttr.BASELINE: baseline.name})
+
+
+def _fit(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, display: Callback | None, workers: int,
+         storage_url: str | None, stage: str = "") -> None:
+    """One Tune run of ``searcher``'s trials; Ctrl-C or SIGTERM leave none RUNNING."""
+    callbacks = [TrialHandles(searcher), *([display] if display is not None else [])]
+    tuner = _tuner(spec, options, searcher, callbacks, workers, stage)
     try:
         with _recording_on_sigterm(searcher, storage_url):
             tuner.fit()
@@ -82,12 +120,11 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
         abandoned = searcher.abandon_live()
     if abandoned:  # Tune swallows Ctrl-C and returns: say it was an interruption
         raise KeyboardInterrupt
-    return tally
 
 
-def experiment_dir(spec: SearchSpec, options: RunOptions) -> Path:
-    """Tune's folder of the study: one subfolder per trial, with its checkpoint."""
-    return (options.out_dir / "ray").resolve() / spec.name
+def experiment_dir(spec: SearchSpec, options: RunOptions, stage: str = "") -> Path:
+    """Tune's folder of the study (or of its confirmation ``stage``): one subfolder per trial, with its checkpoint."""
+    return (options.out_dir / "ray").resolve() / (spec.name + stage)
 
 
 def _start_ray(options: RunOptions) -> int:
@@ -100,8 +137,9 @@ def _start_ray(options: RunOptions) -> int:
 
 
 def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callbacks: list[Callback],
-           workers: int) -> Any:
-    """Tune's ``Tuner``: the trainable on its resources, ASHA over epochs, the searcher, retries."""
+           workers: int, stage: str = "") -> Any:
+    """Tune's ``Tuner``: the trainable on its resources, ASHA over epochs (none in the confirmation
+    ``stage``: its runs go to the full budget), the searcher, retries."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -110,7 +148,7 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
 
     ignore_stale_actor_failures()  # a lost node's trial is retried, not failed (search.tune.patches)
 
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=spec.epochs,
+    scheduler = None if stage else ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=spec.epochs,
                               grace_period=asha_schedule(spec).grace, reduction_factor=spec.reduction_factor)
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     return tune.Tuner(
@@ -121,7 +159,7 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
         # orchestration together (README: Performance, search orchestration).
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
                                     max_concurrent_trials=workers, reuse_actors=True),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(experiment_dir(spec, options).parent),
+        run_config=tune.RunConfig(name=spec.name + stage, storage_path=str(experiment_dir(spec, options).parent),
                                   verbose=0, callbacks=[*callbacks, JsonLoggerCallback()],
                                   # No num_to_keep: with it Tune copies the whole experiment folder after
                                   # every checkpoint; the searcher drops old ones (search.tune.checkpoints).

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
+from search.baselines import Baseline, baseline_named
 from search.space import repaired, sample_graph
 from search.spec import SearchSpec
 from search.study.contract import Outcome, TrialAttr
@@ -98,6 +99,10 @@ class GraphSearcher(Searcher):
             trial = self.study.ask()
             self.live[trial_id] = trial  # from here on, an interruption must record it
             graph, skipped = sample_graph(trial, self.spec)
+            baseline = self._baseline_of(trial)
+            if baseline is not None:  # queued with its nearest parameters; it trains the hand-made graph
+                graph, skipped = baseline.graph, None
+                trial.set_user_attr(TrialAttr.BASELINE, baseline.name)
             trial.set_user_attr(TrialAttr.SEED, self.spec.seed)
             trial.set_user_attr(TrialAttr.GRAPH, graph)
             if skipped:  # recorded, but not counted: --trials N means N trained graphs
@@ -123,6 +128,17 @@ class GraphSearcher(Searcher):
                                 "checkpoint": str(checkpoint) if checkpoint is not None else None}
             return config
         return self.FINISHED
+
+    def _baseline_of(self, trial: optuna.Trial) -> Baseline | None:
+        """The baseline a queued trial trains: its own ``baseline`` attribute, or that of the
+        interrupted trial it runs again (``search.study.resume`` re-queues only parameters)."""
+        attrs = trial.user_attrs
+        name = attrs.get(TrialAttr.BASELINE)
+        if name is None and isinstance(attrs.get(TrialAttr.RETRY_OF), int):
+            storage = self.study._storage
+            original = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, attrs[TrialAttr.RETRY_OF])
+            name = storage.get_trial(original).user_attrs.get(TrialAttr.BASELINE)
+        return baseline_named(self.spec, name) if isinstance(name, str) else None
 
     def _record(self, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
         """Store one epoch's validation accuracy as the trial's intermediate value."""

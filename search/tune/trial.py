@@ -32,7 +32,8 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     """A Ray Tune function trainable: train one sampled graph, report val acc each epoch.
 
     ``config`` (built by the driver's searcher): ``graph`` (a ``ktg-graph/1``
-    dict), ``trial_number`` (the Optuna trial's), ``cache_dir`` (pre-trained
+    dict), ``trial_number`` (the Optuna trial's), ``seed`` (the study's, or a
+    confirmation seed; default the study's), ``cache_dir`` (pre-trained
     teachers), ``device`` and ``cpus``, and for a graph the study trained
     before, ``TWIN`` (see ``_start``). ``spec_fields``, the ``SearchSpec`` as a dict,
     is the same for every trial and comes through ``tune.with_parameters``.
@@ -53,7 +54,8 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     # rest of the drawn graph would cost compute and change nothing the study records.
     graph = Graph.from_dict(config["graph"]).training_graph(TARGET_NODE)
     torch.set_num_threads(max(1, int(config["cpus"])))
-    resume, reported = _start(graph, spec, config.get(TWIN))
+    seed = int(config.get("seed", spec.seed))
+    resume, reported = _start(graph, spec, seed, config.get(TWIN))
     if reported == spec.epochs:
         return
 
@@ -70,7 +72,7 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     try:
         setup = RunSetup.prepare(spec.data_spec(), accel=Accel.resolve(config["device"]),
                                  cache_dir=config["cache_dir"], quiet=True)
-        setup.train(graph, spec.recipe(), seed=spec.seed, hooks=RunHooks(on_state=report), resume=resume,
+        setup.train(graph, spec.recipe(), seed=seed, hooks=RunHooks(on_state=report), resume=resume,
                     evaluate_test=False)
     except KtgError as exc:
         # No epoch of its own (epoch stays at the last one reported) and no accuracy:
@@ -78,7 +80,7 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
         tune.report({METRIC: float("nan"), "epoch": reported, ERROR: f"{type(exc).__name__}: {exc}"})
 
 
-def _start(graph: Graph, spec: SearchSpec, twin: dict[str, Any] | None) -> tuple[RunState | None, int]:
+def _start(graph: Graph, spec: SearchSpec, seed: int, twin: dict[str, Any] | None) -> tuple[RunState | None, int]:
     """Where this trial starts: (the state to resume, the epochs already reported).
 
     Restarted by Tune (its process died): from its own last checkpoint. A graph
@@ -99,7 +101,7 @@ def _start(graph: Graph, spec: SearchSpec, twin: dict[str, Any] | None) -> tuple
         return state, state.epochs_done
     if twin is None:
         return None, 0
-    state = _twin_state(twin["checkpoint"], run_key(graph, spec.recipe(), spec.seed))
+    state = _twin_state(twin["checkpoint"], run_key(graph, spec.recipe(), seed))
     known = state.val_acc[TARGET_NODE] if state is not None else twin["values"]
     known = known[:spec.epochs]
     for epoch, value in enumerate(known, start=1):  # known, so never trained again

@@ -17,7 +17,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from ktg.graph import TARGET_NODE, Graph
-from search.study.contract import TrialAttr
+from search.study.contract import TrialAttr, ranked
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,13 @@ class Twins:
     def of_trials(cls, trials: Iterable[FrozenTrial]) -> Twins:
         """From a study's trials: the COMPLETE and PRUNED ones, and those interrupted with their driver.
 
-        A trial that failed by itself is left out: it would only fail again.
+        A trial that failed by itself is left out: it would only fail again; so is a
+        confirmation trial: it trained on another seed.
         """
         twins = cls()
         for t in sorted(trials, key=lambda t: t.number):
             continuable = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
                 t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.INTERRUPTED))
-            if continuable and TrialAttr.GRAPH in t.user_attrs and TrialAttr.SKIPPED not in t.user_attrs:
+            if continuable and ranked(t) and TrialAttr.GRAPH in t.user_attrs and TrialAttr.SKIPPED not in t.user_attrs:
                 twins.offer(t.user_attrs[TrialAttr.GRAPH], t.number, t.intermediate_values)
         return twins
