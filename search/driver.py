@@ -29,7 +29,7 @@ from ray.tune import Callback
 from ktg.data.spec import DataSpec
 from search.searcher import GraphSearcher, Tally, TrialHandles, checkpoint_budget
 from search.spec import SearchSpec
-from search.storage import finished_count, open_storage
+from search.storage import STUDY_ATTR_RUNGS, finished_count, open_storage
 from search.trial import METRIC, train_trial
 from search.trial_checkpoints import book_of
 from search.twins import Twins
@@ -114,12 +114,15 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     tally = Tally(budget=spec.trials, done_before=finished_count(study))
     if tally.done_before >= spec.trials:
         return tally
+    schedule = asha_schedule(spec)
+    # For readers without the data (the API's study page): the rungs depend on the data's size.
+    study.set_user_attr(STUDY_ATTR_RUNGS, list(schedule.rungs))
     workers = _start_ray(options)
     trials = study.get_trials(deepcopy=False)
     book = book_of(trials, spec.keep_best, checkpoint_budget(spec), experiment_dir(spec, options))
     searcher = GraphSearcher(study, spec, tally, options.worker_config(), book, Twins.of_trials(trials))
     callbacks = [TrialHandles(searcher), *([display(tally)] if display is not None else [])]
-    tuner = _tuner(spec, options, searcher, callbacks, workers)
+    tuner = _tuner(spec, options, schedule, searcher, callbacks, workers)
     try:
         with _recording_on_sigterm(searcher, storage_url):
             tuner.fit()
@@ -148,8 +151,8 @@ def _start_ray(options: RunOptions) -> int:
     return options.workers or max(1, int(cpus // max(options.cpus_per_trial, 0.01)))
 
 
-def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callbacks: list[Callback],
-           workers: int) -> Any:
+def _tuner(spec: SearchSpec, options: RunOptions, schedule: AshaSchedule, searcher: GraphSearcher,
+           callbacks: list[Callback], workers: int) -> Any:
     """Tune's ``Tuner``: the trainable on its resources, ASHA over epochs, the searcher, retries."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -160,7 +163,7 @@ def _tuner(spec: SearchSpec, options: RunOptions, searcher: GraphSearcher, callb
     ignore_stale_actor_failures()  # a lost node's trial is retried, not failed (search.tune_patches)
 
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=spec.epochs,
-                              grace_period=asha_schedule(spec).grace, reduction_factor=spec.reduction_factor)
+                              grace_period=schedule.grace, reduction_factor=spec.reduction_factor)
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     return tune.Tuner(
         # The spec once, in Ray's object store, not in each of 1,500 trial configs: Tune keeps

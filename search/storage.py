@@ -40,6 +40,7 @@ ATTR_ERROR = "error"              # why a trial that raised or went NaN failed
 ATTR_RETRIES = "retries"          # times Tune restarted it from its checkpoint after its process died
 ATTR_CONTINUED_FROM = "continued_from"  # the earlier trial of the same graph whose epochs it took over
 STUDY_ATTR_SPEC = "spec"
+STUDY_ATTR_RUNGS = "asha_rungs"  # the epochs at which ASHA may stop a trial, recorded when a search starts
 
 # The trial states users see, count and filter by: Optuna's own, named in lower case.
 TrialStateName = Literal["complete", "pruned", "fail", "running", "waiting"]
