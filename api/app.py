@@ -28,6 +28,7 @@ from api.routers import health, studies
 from api.schemas import ErrorOut, FieldError
 from api.settings import Settings
 from api.status import StatusReader
+from api.web import pages
 from search.spec import SearchSpec
 
 log = logging.getLogger("ktg.api")
@@ -219,6 +220,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(health.router, prefix="/v1", include_in_schema=False)
     app.include_router(studies.router)
+    # The study page for people, on the same endpoints (api.web); its headers set its CSP.
+    app.include_router(pages.router)
+    app.mount(pages.STATIC_URL, pages.static_files(), name="static")
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
