@@ -30,6 +30,7 @@ from api.schemas import ErrorOut, FieldError, Readiness
 from api.settings import Settings
 from api.status import StatusReader
 from api.ttl_cache import TtlCache
+from api.web import pages
 from ktg.errors import first_line
 from search.spec import spec_error_message
 
@@ -257,6 +258,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(health.router, prefix="/v1", include_in_schema=False)
     app.include_router(studies.router)
+    # The study page for people, on the same endpoints (api.web); its headers set its CSP.
+    app.include_router(pages.router)
+    app.mount(pages.STATIC_URL, pages.static_files(), name="static")
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeaderLimit, max_bytes=MAX_HEADER_BYTES)

@@ -112,6 +112,32 @@ class TrialPage(BaseModel):
     offset: int
 
 
+class BestStepOut(BaseModel):
+    finished: int = Field(description="Trials finished so far (in the order they finished) when the best rose")
+    trial: int = Field(description="The trial whose accuracy it rose to")
+    val_acc: float
+
+
+class RungOut(BaseModel):
+    epoch: int = Field(description="After this many epochs ASHA may stop a trial")
+    reached: int = Field(description="Trials that trained at least this many epochs (running ones too)")
+    stopped: int = Field(description="Trials ASHA stopped here (pruned after this many epochs)")
+
+
+class StudyProgress(BaseModel):
+    """What a chart of the study needs, computed in the database however many trials it holds."""
+
+    study: str
+    finished: int = Field(description="Counted trials that are over, as in the study's status")
+    epochs: int = Field(description="The full budget of a trial, in epochs")
+    best_so_far: list[BestStepOut] = Field(description=(
+        "Best validation accuracy against trials finished: the points where it rose, the last one "
+        "being the status's best_val_acc"))
+    rungs: list[RungOut] | None = Field(None, description=(
+        "ASHA's rungs, below the full budget; null until the search has started and recorded them"))
+    full_budget: int = Field(description="Trials trained to the full budget (complete)")
+
+
 class BestGraph(BaseModel):
     rank: int
     trial: int

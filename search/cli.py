@@ -25,19 +25,11 @@ from search.compare.stats import CONFIDENCE
 from search.space import describe_size, space_size
 from search.spec import SearchSpec, spec_error_lines
 from search.study.confirmation import Confirmation
-from search.study.contract import STUDY_ATTR_RUNGS, TrialAttr, ranked
+from search.study.contract import STUDY_ATTR_RUNG_SPEARMAN, TrialAttr, ranked
 from search.study.resume import open_study, stored_spec
 from search.study.rungs import correlations_from_json
 from search.study.rungs import describe as describe_rungs
-from search.study.storage import (
-    best_trials,
-    confirmation_of,
-    graph_of,
-    load_study,
-    masked,
-    open_storage,
-    storage_url,
-)
+from search.study.storage import best_trials, confirmation_of, graph_of, load_study, masked, open_storage, storage_url
 from search.tune.driver import RunOptions, run_search
 from search.tune.schedule import asha_schedule
 from search.tune.searcher import Tally
@@ -170,7 +162,7 @@ def _winner_line(confirmation: Confirmation) -> str:
 
 def show_study_figures(study: optuna.Study, best: list) -> None:
     """What ``ktg search`` ends with and ``ktg export`` shows: the rungs, the confirmed ranking, the margin."""
-    for line in describe_rungs(correlations_from_json(study.user_attrs.get(STUDY_ATTR_RUNGS))):
+    for line in describe_rungs(correlations_from_json(study.user_attrs.get(STUDY_ATTR_RUNG_SPEARMAN))):
         out.print(line, highlight=False)
     confirmation = confirmation_of(study)
     if confirmation is not None and confirmation.graphs:

@@ -29,13 +29,14 @@ from api.deps import (
     reject_unknown_query,
 )
 from api.quotas import quota_problems
-from api.schemas import BestGraph, BestList, ErrorOut, StudyPage, StudyStatus, TrialPage
+from api.schemas import BestGraph, BestList, ErrorOut, StudyPage, StudyProgress, StudyStatus, TrialPage
 from api.settings import Settings
 from api.status import PREFIX, study_status, summary
 from api.strict_json import StrictJsonRoute
 from ktg.graph import Graph
 from search.spec import SearchSpec
 from search.study.contract import StudyState, TrialStateName
+from search.study.queries import TrialOrder
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
@@ -124,17 +125,26 @@ async def get_study(study_id: StudyId, tenant: Tenant, reader: StatusReaderDep) 
     return Response(body, media_type="application/json")
 
 
-@router.get("/{study_id}/trials", response_model=TrialPage, summary="The study's trials, by number")
+@router.get("/{study_id}/trials", response_model=TrialPage, summary="The study's trials, by number unless ordered")
 def get_trials(study_id: StudyId, tenant: Tenant, session: DbSession,
                state: TrialStateName | None = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100,
-               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> TrialPage:
+               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+               order: Annotated[TrialOrder, Query(description=(
+                   "number, val_acc or epochs_done; '-' first for descending; unknown values last"))] = "number",
+               ) -> TrialPage:
     row = _owned(session, tenant, study_id)
-    return service.trial_page(session, row, state=state, limit=limit, offset=offset)
+    return service.trial_page(session, row, state=state, limit=limit, offset=offset, order=order)
 
 
-def _ranked(storage: BaseStorage, row: StudyRow, rank: int) -> BestGraph:
-    best = service.best_graphs(storage, row, rank)
+@router.get("/{study_id}/progress", response_model=StudyProgress,
+            summary="Best accuracy against trials finished; trials reached and stopped at each ASHA rung")
+def get_progress(study_id: StudyId, tenant: Tenant, session: DbSession) -> StudyProgress:
+    return service.study_progress(session, _owned(session, tenant, study_id))
+
+
+def _ranked(storage: BaseStorage, session: Session, row: StudyRow, rank: int) -> BestGraph:
+    best = service.best_graphs(storage, session, row, rank)
     if len(best) < rank:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"no graph of rank {rank}: the study has {len(best)} complete trial(s) so far")
@@ -146,7 +156,7 @@ def _ranked(storage: BaseStorage, row: StudyRow, rank: int) -> BestGraph:
 def get_best(study_id: StudyId, tenant: Tenant, session: DbSession, storage: OptunaStorageDep,
              k: Annotated[int, Query(ge=1, le=MAX_RANK)] = 1) -> BestList:
     row = _owned(session, tenant, study_id)
-    return BestList(study=row.id, items=service.best_graphs(storage, row, k))
+    return BestList(study=row.id, items=service.best_graphs(storage, session, row, k))
 
 
 Rank = Annotated[int, Path(ge=1, le=MAX_RANK, description="1 = the best")]
@@ -156,7 +166,7 @@ Rank = Annotated[int, Path(ge=1, le=MAX_RANK, description="1 = the best")]
             response_model=dict[str, Any])
 def get_best_graph(study_id: StudyId, rank: Rank, tenant: Tenant, session: DbSession,
                    storage: OptunaStorageDep) -> dict[str, Any]:
-    return _ranked(storage, _owned(session, tenant, study_id), rank).graph
+    return _ranked(storage, session, _owned(session, tenant, study_id), rank).graph
 
 
 @router.get("/{study_id}/best/{rank}.svg", summary="One best graph drawn as SVG", response_class=Response,
@@ -167,7 +177,7 @@ def get_best_svg(study_id: StudyId, rank: Rank, tenant: Tenant, session: DbSessi
     from ktg.show import render_svg
 
     row = _owned(session, tenant, study_id)
-    best = _ranked(storage, row, rank)
+    best = _ranked(storage, session, row, rank)
     title = f"{row.name} · rank {rank} · trial {best.trial}"
     return Response(render_svg(Graph.from_dict(best.graph), title=title), media_type="image/svg+xml")
 

@@ -118,4 +118,5 @@ FINISHED_STUDY_STATES: frozenset[StudyState] = frozenset({"succeeded", "failed",
 
 STUDY_ATTR_SPEC = "spec"  # the study's user attribute holding the spec it was created with
 STUDY_ATTR_CONFIRMATION = "confirmation"  # the confirmation stage's ranking and margin (search.study.confirmation)
-STUDY_ATTR_RUNGS = "rung_spearman"  # per ASHA rung: Spearman's rho with the final accuracy (search.study.rungs)
+STUDY_ATTR_ASHA_RUNGS = "asha_rungs"  # the epochs at which ASHA may stop a trial, recorded when a search starts
+STUDY_ATTR_RUNG_SPEARMAN = "rung_spearman"  # per ASHA rung: Spearman's rho with the final accuracy (search.study.rungs)

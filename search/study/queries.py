@@ -21,18 +21,29 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from optuna.storages._rdb import models as om
 from optuna.trial import TrialState
-from sqlalchemy import and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
-from search.study.contract import TRIAL_ATTRS, TRIAL_STATES, UNCOUNTED, UNRANKED, TrialAttr, TrialStateName
+from search.study.contract import (
+    FINISHED_STATES,
+    TRIAL_ATTRS,
+    TRIAL_STATES,
+    UNCOUNTED,
+    UNRANKED,
+    TrialAttr,
+    TrialStateName,
+)
 from search.study.storage import finished_in
 
 _STATE_NAMES: dict[TrialState, TrialStateName] = {state: name for name, state in TRIAL_STATES.items()}
 _FINITE = om.TrialValueModel.TrialValueType.FINITE
+# How a page of trials can be ordered: by a column, '-' for descending; unknown values last, ties by number.
+TrialOrder = Literal["number", "-number", "val_acc", "-val_acc", "epochs_done", "-epochs_done"]
+TRIAL_ORDERS: tuple[str, ...] = get_args(TrialOrder)
 
 
 @dataclass
@@ -78,6 +89,20 @@ def _counted() -> Any:
                   for attr, state in UNCOUNTED.items()))
 
 
+def _scored() -> Any:
+    """Trials whose value is an accuracy that can be "best": complete or pruned, with a graph,
+    and not left out of the ranking (``UNRANKED``: confirmation trials)."""
+    return and_(om.TrialModel.state.in_((TrialState.COMPLETE, TrialState.PRUNED)), _has_attr(TrialAttr.GRAPH),
+                *(~_has_attr(attr) for attr in UNRANKED))
+
+
+def _value() -> Any:
+    """The trial's finite value (its accuracy), or NULL."""
+    value = om.TrialValueModel
+    return (select(value.value).where(value.trial_id == om.TrialModel.trial_id, value.objective == 0,
+                                      value.value_type == _FINITE).scalar_subquery())
+
+
 def study_figures(session: Session, study_name: str) -> StudyFigures:
     """Trial counts by state (re-queued and skipped ones left out) and the best accuracies so far."""
     figures = StudyFigures()
@@ -93,9 +118,7 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     value = om.TrialValueModel
     best = (select(trial.state, func.max(value.value))
             .join(value, value.trial_id == trial.trial_id)
-            .where(trial.study_id == study_id, value.objective == 0, value.value_type == _FINITE,
-                   trial.state.in_((TrialState.COMPLETE, TrialState.PRUNED)), _has_attr(TrialAttr.GRAPH),
-                   *(~_has_attr(attr) for attr in UNRANKED))
+            .where(trial.study_id == study_id, value.objective == 0, value.value_type == _FINITE, _scored())
             .group_by(trial.state))
     by_state = {state: _finite(v) for state, v in session.execute(best)}
     figures.best_complete_val_acc = by_state.get(TrialState.COMPLETE)
@@ -103,9 +126,29 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     return figures
 
 
+def best_trial_ids(session: Session, study_name: str, k: int, first: Sequence[int] = ()) -> list[int]:
+    """Optuna's ids of the top-k trials trained to the full budget, best first, in SQL: reading
+    the best k trials does not load all of them. The rule is ``search.study.storage.best_trials``':
+    the trial numbers ``first`` (a confirmation stage's graphs, by their mean) lead, then the
+    ranked COMPLETE trials with a value and a graph, by value, then number."""
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return []
+    trial, value = om.TrialModel, om.TrialValueModel
+    complete = and_(trial.study_id == study_id, trial.state == TrialState.COMPLETE, value.objective == 0,
+                    value.value_type == _FINITE, _has_attr(TrialAttr.GRAPH))
+    led = dict(session.execute(select(trial.number, trial.trial_id).join(value, value.trial_id == trial.trial_id)
+                               .where(complete, trial.number.in_(list(first)))).all()) if first else {}
+    leading = [led[n] for n in first if n in led]
+    rest = (select(trial.trial_id).join(value, value.trial_id == trial.trial_id)
+            .where(complete, *(~_has_attr(a) for a in UNRANKED), trial.number.not_in(list(led)))
+            .order_by(value.value.desc(), trial.number).limit(max(0, k - len(leading))))
+    return (leading + list(session.scalars(rest)))[:k]
+
+
 def list_trials(session: Session, study_name: str, *, state: TrialStateName | None, limit: int,
-                offset: int) -> tuple[int, list[TrialRecord]]:
-    """One page of trials (by number), and how many match in all."""
+                offset: int, order: TrialOrder = "number") -> tuple[int, list[TrialRecord]]:
+    """One page of trials in ``order`` (by number unless told), and how many match in all."""
     study_id = optuna_study_id(session, study_name)
     if study_id is None:
         return 0, []
@@ -116,13 +159,25 @@ def list_trials(session: Session, study_name: str, *, state: TrialStateName | No
     total = int(session.execute(select(func.count()).select_from(trial).where(*where)).scalar() or 0)
     rows = session.execute(select(trial.trial_id, trial.number, trial.state, trial._datetime_start_utc,
                                   trial._datetime_complete_utc)
-                           .where(*where).order_by(trial.number).offset(offset).limit(limit)).all()
+                           .where(*where).order_by(*_ordering(order)).offset(offset).limit(limit)).all()
     ids = [r.trial_id for r in rows]
     values, history, attrs = _values(session, ids), _history(session, ids), _attrs(session, ids)
     return total, [TrialRecord(number=r.number, state=_STATE_NAMES[r.state],
                                value=values.get(r.trial_id), started_at=_utc(r[3]), completed_at=_utc(r[4]),
                                history=history.get(r.trial_id, []), attrs=attrs.get(r.trial_id, {}))
                    for r in rows]
+
+
+def _ordering(order: TrialOrder) -> list[Any]:
+    """ORDER BY terms: the column (unknown values last either way), then the number."""
+    trial, inter = om.TrialModel, om.TrialIntermediateValueModel
+    key = order.removeprefix("-")
+    if key == "number":
+        return [trial.number.desc() if order.startswith("-") else trial.number]
+    # epochs done = the last epoch reported (search.trial reports every epoch), so no JSON is parsed
+    column = (_value() if key == "val_acc" else
+              select(func.max(inter.step)).where(inter.trial_id == trial.trial_id).scalar_subquery())
+    return [(column.desc() if order.startswith("-") else column.asc()).nulls_last(), trial.number]
 
 
 def _values(session: Session, ids: Sequence[int]) -> dict[int, float | None]:
@@ -152,6 +207,79 @@ def _attrs(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         except (TypeError, ValueError):
             continue  # not written by ktg: leave it out rather than fail the page
     return out
+
+
+@dataclass
+class BestStep:
+    """The best accuracy rose to ``val_acc`` with trial ``trial``, the ``finished``-th trial to finish."""
+
+    finished: int
+    trial: int
+    val_acc: float
+
+
+def best_so_far(session: Session, study_name: str) -> list[BestStep]:
+    """The best accuracy against trials finished, as the steps where it rose.
+
+    Counted trials are taken in the order they finished (then by number); a
+    trial's accuracy enters the running best as in ``study_figures`` (complete
+    or pruned, with a graph), so the last step is its ``best_val_acc``. One
+    query with window functions: a 1,500-trial study returns a few dozen rows.
+    """
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return []
+    trial, value = om.TrialModel, om.TrialValueModel
+    in_order = (trial._datetime_complete_utc, trial.number)
+    accuracy = case((_scored(), value.value), else_=None)
+    running = (select(trial.number,
+                      func.row_number().over(order_by=in_order).label("finished"),
+                      func.max(accuracy).over(order_by=in_order, rows=(None, 0)).label("best"))
+               .outerjoin(value, and_(value.trial_id == trial.trial_id, value.objective == 0,
+                                      value.value_type == _FINITE))
+               .where(trial.study_id == study_id, _counted(),
+                      trial.state.in_([TRIAL_STATES[name] for name in FINISHED_STATES]))
+               .subquery())
+    steps = select(running, func.lag(running.c.best).over(order_by=running.c.finished).label("before")).subquery()
+    query = (select(steps.c.finished, steps.c.number, steps.c.best)
+             .where(steps.c.best.is_not(None), or_(steps.c.before.is_(None), steps.c.best > steps.c.before))
+             .order_by(steps.c.finished))
+    return [BestStep(finished=int(n), trial=int(number), val_acc=float(best))
+            for n, number, best in session.execute(query)]
+
+
+def epochs_reached(session: Session, study_name: str) -> dict[TrialStateName, dict[int, int]]:
+    """How many counted trials of each state stopped at (or, running, are at) each ``epochs_done``."""
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return {}
+    trial = om.TrialModel
+    attr = aliased(om.TrialUserAttributeModel)  # apart from the one _counted() correlates
+    query = (select(trial.state, attr.value_json, func.count())
+             .join(attr, and_(attr.trial_id == trial.trial_id, attr.key == str(TrialAttr.EPOCHS)))
+             .where(trial.study_id == study_id, _counted())
+             .group_by(trial.state, attr.value_json))
+    out: dict[TrialStateName, dict[int, int]] = {}
+    for state, raw, count in session.execute(query):
+        try:
+            epochs = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(epochs, int) and not isinstance(epochs, bool) and state in _STATE_NAMES:
+            by_epoch = out.setdefault(_STATE_NAMES[state], {})
+            by_epoch[epochs] = by_epoch.get(epochs, 0) + int(count)
+    return out
+
+
+def study_attr(session: Session, study_name: str, key: str) -> Any:
+    """A user attribute of the study (JSON-decoded), or None when it or the study is missing."""
+    attr = om.StudyUserAttributeModel
+    raw = session.execute(select(attr.value_json).join(om.StudyModel, om.StudyModel.study_id == attr.study_id)
+                          .where(om.StudyModel.study_name == study_name, attr.key == key)).scalar()
+    try:
+        return json.loads(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _finite(value: float | None) -> float | None:

@@ -26,7 +26,7 @@ from search.baselines import study_baselines
 from search.local_ray import join_ray
 from search.spec import SearchSpec
 from search.study.confirmation import pending_jobs, summarise
-from search.study.contract import STUDY_ATTR_CONFIRMATION, STUDY_ATTR_RUNGS, TrialAttr
+from search.study.contract import STUDY_ATTR_ASHA_RUNGS, STUDY_ATTR_CONFIRMATION, STUDY_ATTR_RUNG_SPEARMAN, TrialAttr
 from search.study.rungs import rung_correlations
 from search.study.storage import finished_count, open_storage
 from search.tune.checkpoints import book_of
@@ -79,13 +79,15 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     queue_baselines(study, spec)
     tally = Tally(budget=spec.trials, done_before=finished_count(study))
     workers: int | None = None
+    # For readers without the data (the API's study page): the rungs depend on the data's size.
+    study.set_user_attr(STUDY_ATTR_ASHA_RUNGS, list(asha_schedule(spec).rungs))
     if tally.done_before < spec.trials:
         workers = _start_ray(options)
         trials = study.get_trials(deepcopy=False)
         book = book_of(trials, spec.keep_best, checkpoint_budget(spec), experiment_dir(spec, options))
         searcher = GraphSearcher(study, spec, tally, options.worker_config(), book, Twins.of_trials(trials))
         _fit(spec, options, searcher, display(tally, spec.name) if display else None, workers, storage_url)
-    study.set_user_attr(STUDY_ATTR_RUNGS, [c.to_json() for c in rung_correlations(
+    study.set_user_attr(STUDY_ATTR_RUNG_SPEARMAN, [c.to_json() for c in rung_correlations(
         study.get_trials(deepcopy=False), asha_schedule(spec).rungs)])
     jobs = pending_jobs(study.get_trials(deepcopy=False), spec)
     if jobs:
