@@ -21,7 +21,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_ENV_EXAMPLE = ROOT / "docker" / "compose.env.example"
-DOCKERFILES = {"api": ROOT / "docker" / "api.Dockerfile", "ray": ROOT / "docker" / "ray.Dockerfile"}
+# The one ktg image (API, Ray head, Ray workers) and the offline stand-in for postgres:15.
+DOCKERFILES = {"ktg": ROOT / "docker" / "Dockerfile", "postgres-standin": ROOT / "docker" / "postgres-standin" / "Dockerfile"}
+STANDIN_COMPOSE_FILE = ROOT / "docker" / "postgres-standin" / "compose.yml"
+SMOKE_SCRIPT = ROOT / "docker" / "smoke.sh"
 DOCKERIGNORE = ROOT / ".dockerignore"
 README = ROOT / "docker" / "README.md"
 DEPLOY = ROOT / "deploy"
@@ -50,6 +53,34 @@ def compose() -> dict[str, Any]:
 
 def service(name: str) -> dict[str, Any]:
     return compose()["services"][name]
+
+
+PROFILES = ("cpu", "gpu")
+
+
+def profile_services(profile: str) -> dict[str, dict[str, Any]]:
+    """The services `docker compose --profile <profile> up` starts."""
+    return {name: svc for name, svc in compose()["services"].items()
+            if not svc.get("profiles") or profile in svc["profiles"]}
+
+
+def ray_services(profile: str) -> tuple[str, str]:
+    """(head, worker) service names of a profile."""
+    services = profile_services(profile)
+    heads = [n for n, s in services.items() if "--head" in argv(s.get("command"))]
+    workers = [n for n, s in services.items() if argv(s.get("command"))[:2] == ["ray", "start"] and n not in heads]
+    assert len(heads) == 1 and len(workers) == 1, f"profile {profile}: heads {heads}, workers {workers}"
+    return heads[0], workers[0]
+
+
+def ktg_services() -> list[str]:
+    """Every service running the ktg image: the API and each profile's head and worker."""
+    return ["api", *sorted({name for profile in PROFILES for name in ray_services(profile)})]
+
+
+def env_default(value: str) -> str:
+    """The value of a compose string, with ``${VAR:-default}`` read as its default."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
 
 
 def service_env(svc: dict[str, Any]) -> dict[str, str]:
@@ -195,7 +226,7 @@ def project() -> dict[str, Any]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def image_cmd(kind: str) -> list[str]:
+def image_cmd(kind: str = "ktg") -> list[str]:
     return exec_form(instructions(kind, "CMD")[-1])
 
 
@@ -203,9 +234,9 @@ def api_serve_argvs() -> dict[str, list[str]]:
     """The command each API container runs (compose's `command` / the pod's command+args, else the image's CMD)."""
     (container,) = containers(api_deployment())
     k8s = argv(container.get("command")) + argv(container.get("args"))
-    return {"api.Dockerfile": image_cmd("api"),
-            "docker-compose.yml": argv(service("api").get("command")) or image_cmd("api"),
-            "deploy/api.yaml": k8s or image_cmd("api")}
+    return {"Dockerfile": image_cmd(),
+            "docker-compose.yml": argv(service("api").get("command")) or image_cmd(),
+            "deploy/api.yaml": k8s or image_cmd()}
 
 
 # -- .dockerignore -------------------------------------------------------------------------

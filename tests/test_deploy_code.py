@@ -21,6 +21,7 @@ from tests.deploy_files import (
     containers,
     instructions,
     k8s_env,
+    ktg_services,
     manifests,
     one,
     service,
@@ -29,14 +30,12 @@ from tests.deploy_files import (
 
 # -- environment variables ---------------------------------------------------------------
 
-
 def known_env_names() -> set[str]:
     """The variables the code reads: the API's contract, plus what the engine reads on Ray nodes."""
     from api.settings import ENV_NAMES
     from ktg.teachers import CACHE_ENV
     from search.commands import RESOURCE_ENV
     from search.study.storage import STORAGE_ENV
-
 
     return {*ENV_NAMES, *RESOURCE_ENV, CACHE_ENV, STORAGE_ENV}
 
@@ -45,11 +44,9 @@ def ktg_env_names_used() -> dict[str, set[str]]:
     """KTG_* and RAY_ADDRESS names set anywhere in the deployment files, with where."""
     used: dict[str, set[str]] = {}
 
-
     def add(name: str, where: str) -> None:
         if name.startswith("KTG_") or name == "RAY_ADDRESS":
             used.setdefault(name, set()).add(where)
-
 
     for name, svc in compose()["services"].items():
         for key in service_env(svc):
@@ -73,7 +70,7 @@ def test_every_env_name_is_one_the_code_reads():
 
 def test_the_essential_env_names_are_set():
     used = ktg_env_names_used()
-    for name in ("KTG_STORAGE", "KTG_API_TOKENS_FILE", "KTG_DATA_DIR", "KTG_CACHE_DIR", "RAY_ADDRESS"):
+    for name in ("KTG_STORAGE", "KTG_API_TOKENS_FILE", "KTG_DATA_DIR", "KTG_CACHE_DIR", "KTG_DATASETS_DIR", "RAY_ADDRESS"):
         assert name in used, f"{name} is set nowhere"
 
 
@@ -105,7 +102,7 @@ def test_ray_start_accepts_the_flags_the_files_pass():
     result = subprocess.run([script, "start", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     used = set()
-    for name in ("ray-head", "ray-worker"):
+    for name in ktg_services()[1:]:
         args = argv(service(name)["command"])
         assert args[:2] == ["ray", "start"], args
         used |= {a.split("=")[0] for a in args if a.startswith("--")}

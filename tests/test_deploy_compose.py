@@ -1,5 +1,7 @@
-"""docker-compose.yml: four services, only the API published, Ray private and
-authenticated, secrets through compose secrets, one shared volume, every variable documented.
+"""docker-compose.yml: profiles cpu and gpu, each with PostgreSQL, a Ray head, a worker and
+the API; trial resources that fit the profile's worker; only the API published; Ray private
+and authenticated; secrets through compose secrets; one shared volume and the datasets
+folder at the same paths everywhere; every variable documented.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import subprocess
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.deploy_files import (
     API_PORT,
     COMPOSE_ENV_EXAMPLE,
     COMPOSE_FILE,
     ONLY_A_REFERENCE,
+    PROFILES,
     RAY_DASHBOARD_PORT,
     RAY_PRIVATE_PORTS,
     ROOT,
@@ -24,16 +29,29 @@ from tests.deploy_files import (
     compose,
     compose_mounts,
     dockerignored,
+    env_default,
     flag,
+    ktg_services,
+    profile_services,
+    ray_services,
     service,
     service_env,
 )
 
-SERVICES = {"postgres", "ray-head", "ray-worker", "api"}
+DATASETS = "/datasets"
 
 
-def test_compose_has_exactly_the_four_services():
-    assert set(compose()["services"]) == SERVICES
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_profile_runs_postgres_a_head_a_worker_and_the_api(profile):
+    head, worker = ray_services(profile)
+    assert set(profile_services(profile)) == {"postgres", "api", head, worker}
+    assert service(worker)["depends_on"][head]["condition"] == "service_healthy"
+
+
+def test_every_service_has_a_healthcheck():
+    """docker/smoke.sh waits for every service to be healthy."""
+    for name, svc in compose()["services"].items():
+        assert argv(svc.get("healthcheck", {}).get("test")), f"{name} has no healthcheck"
 
 
 def test_postgres_keeps_its_data_in_a_named_volume_and_has_a_healthcheck():
@@ -56,9 +74,8 @@ def _container_ports(entry: Any) -> tuple[str | None, set[int]]:
 def test_only_the_api_publishes_a_port_and_only_8000():
     for name, svc in compose()["services"].items():
         assert svc.get("network_mode") != "host", f"{name}: host networking would expose every Ray port"
-        published = [_container_ports(p) for p in svc.get("ports", [])]
         if name != "api":
-            assert not published, f"{name} publishes {svc['ports']}"
+            assert not svc.get("ports"), f"{name} publishes {svc['ports']}"
     ports = [_container_ports(p) for p in service("api")["ports"]]
     assert [targets for _, targets in ports] == [{API_PORT}]
     assert ports[0][0] is not None and ports[0][0].rpartition(":")[2] == str(API_PORT)
@@ -73,48 +90,65 @@ def test_no_service_publishes_a_ray_port():
             assert not (host_port.isdigit() and int(host_port) in RAY_PRIVATE_PORTS), f"{name} publishes {entry}"
 
 
-def test_ray_address_is_the_head_services_dashboard():
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_api_and_the_worker_reach_the_profiles_head_by_one_name(profile):
+    head_name, worker_name = ray_services(profile)
+    head, worker = argv(service(head_name)["command"]), argv(service(worker_name)["command"])
     url = urlsplit(service_env(service("api"))["RAY_ADDRESS"])
-    head = argv(service("ray-head")["command"])
-    assert "--head" in head
-    assert url.scheme == "http" and url.hostname == "ray-head"
-    assert url.port == int(flag(head, "--dashboard-port") or RAY_DASHBOARD_PORT)
+    assert url.hostname in service(head_name)["networks"]["default"]["aliases"], f"{head_name} is not {url.hostname}"
+    assert url.scheme == "http" and url.port == int(flag(head, "--dashboard-port") or RAY_DASHBOARD_PORT)
     assert flag(head, "--dashboard-host") == "0.0.0.0", "the dashboard must listen beyond the head's loopback"
-
-
-def test_worker_joins_the_heads_gcs_port():
-    worker = argv(service("ray-worker")["command"])
-    head = argv(service("ray-head")["command"])
     assert worker[:2] == ["ray", "start"] and "--block" in worker and "--head" not in worker
-    assert flag(worker, "--address") == f"ray-head:{flag(head, '--port') or 6379}"
+    assert flag(worker, "--address") == f"{url.hostname}:{flag(head, '--port') or 6379}"
 
 
-def test_worker_reserves_an_nvidia_gpu():
-    devices = service("ray-worker")["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), devices
+def _gpu_reservation(svc: dict[str, Any]) -> bool:
+    devices = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_default_trial_resources_fit_the_profiles_worker(profile):
+    """The search driver runs on the head and reads these; a trial asking for a GPU on a
+    CPU-only worker would wait forever, one asking for none would leave the GPU idle."""
+    head, worker = ray_services(profile)
+    env = {k: env_default(v) for k, v in service_env(service(head)).items()}
+    gpus, cpus = float(env["KTG_GPUS_PER_TRIAL"]), float(env["KTG_CPUS_PER_TRIAL"])
+    if profile == "gpu":
+        assert _gpu_reservation(service(worker)) and 0 < gpus <= 1, (gpus, service(worker).get("deploy"))
+        assert service(worker)["image"].endswith("-cuda")
+    else:
+        assert not _gpu_reservation(service(worker)) and gpus == 0, gpus
+        assert cpus <= 1, "one CPU per trial fits a worker on any machine"
+    assert env["KTG_WORKERS"] == "", "left empty, the driver derives concurrency from the cluster's CPUs"
 
 
 def test_ray_containers_get_the_database_and_enough_shared_memory():
     api_storage = service_env(service("api"))["KTG_STORAGE"]
-    for name in ("ray-head", "ray-worker"):
+    for name in ktg_services()[1:]:
         svc = service(name)
         assert service_env(svc)["KTG_STORAGE"] == api_storage, f"{name}: search jobs use the API's database"
         size = re.fullmatch(r"(\d+)\s*([gm])b?", str(svc["shm_size"]).lower())
         assert size and int(size[1]) * (1024 if size[2] == "g" else 1) >= 1024, f"{name}: shm_size {svc['shm_size']}"
 
 
-def test_shared_volume_is_mounted_at_the_same_path_wherever_ktg_dirs_are_used():
-    """The API hands each Ray job an absolute output path, so the paths must agree."""
+def test_shared_volume_and_datasets_are_mounted_at_the_same_paths_wherever_ktg_runs():
+    """The API hands each Ray job an absolute output path, and a study's data_dir is
+    relative to KTG_DATASETS_DIR, so every container must see the same paths."""
     named = set(compose().get("volumes") or {})
-    seen = {}
-    for name in ("api", "ray-head", "ray-worker"):
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for name in ktg_services():
         svc = service(name)
         env = service_env(svc)
-        mounts = {dst: src for dst, src in compose_mounts(svc).items() if src in named}
+        mounts = compose_mounts(svc)
         for var in ("KTG_DATA_DIR", "KTG_CACHE_DIR"):
             path = env[var]
-            (mount,) = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+            (mount,) = [m for m, src in mounts.items() if src in named and (path == m or path.startswith(m + "/"))]
             seen.setdefault(var, set()).add((path, mounts[mount]))
+        assert env["KTG_DATASETS_DIR"] == DATASETS, name
+        datasets = [v for v in svc["volumes"] if isinstance(v, str) and v.split(":")[-2:] == [DATASETS, "ro"]]
+        assert datasets, f"{name}: the datasets folder must be mounted read-only at {DATASETS}"
+        seen.setdefault("datasets", set()).add((DATASETS, mounts[DATASETS]))
     assert all(len(v) == 1 for v in seen.values()), seen
 
 
@@ -145,7 +179,7 @@ def test_api_tokens_come_from_a_compose_secret():
 
 def test_every_ray_process_and_client_uses_the_same_ray_auth_token():
     secrets = set()
-    for name in ("api", "ray-head", "ray-worker"):
+    for name in ktg_services():
         assert service_env(service(name))["RAY_AUTH_MODE"] == "token", name
         secrets.add(_compose_secret_of(name, "RAY_AUTH_TOKEN_PATH"))
     assert len(secrets) == 1, secrets

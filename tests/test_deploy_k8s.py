@@ -6,6 +6,7 @@ Ray reachable only inside the cluster, and the images compose builds.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -18,6 +19,7 @@ from tests.deploy_files import (
     API_PORT,
     DEPLOY,
     KUSTOMIZATION,
+    ONLY_A_REFERENCE,
     RAY_DASHBOARD_PORT,
     RAY_PRIVATE_PORTS,
     README,
@@ -26,8 +28,13 @@ from tests.deploy_files import (
     URL_PASSWORD,
     api_container,
     api_deployment,
+    argv,
+    compose,
+    compose_mounts,
     containers,
+    flag,
     image_ref,
+    instructions,
     k8s_env,
     manifests,
     of_kind,
@@ -36,6 +43,7 @@ from tests.deploy_files import (
     project,
     ray_containers,
     service,
+    service_env,
     walk,
 )
 
@@ -190,26 +198,89 @@ def test_shared_rwx_volume_backs_the_ktg_dirs_in_the_api_and_every_ray_pod():
     assert len(paths) == 2, f"the API and the Ray pods must agree on the paths: {sorted(paths)}"
 
 
+def _ray_group_containers() -> dict[str, dict[str, Any]]:
+    """{"head": container, "gpu": container}: the ray container of the head and of the GPU worker group."""
+    spec = one("RayCluster")["spec"]
+    groups = {"head": spec["headGroupSpec"], **{g["groupName"]: g for g in spec["workerGroupSpecs"]}}
+    return {name: g["template"]["spec"]["containers"][0] for name, g in groups.items()}
+
+
+# Kubernetes container -> the compose service playing the same part (the cluster has GPU workers).
+K8S_TO_COMPOSE = {"api": "api", "head": "ray-head-gpu", "gpu": "ray-worker-gpu"}
+
+
+def _k8s_containers() -> dict[str, dict[str, Any]]:
+    return {"api": api_container(), **_ray_group_containers()}
+
+
 def test_kubernetes_images_are_the_ones_compose_builds():
-    built = set()
-    for name in ("api", "ray-head", "ray-worker"):
-        svc = service(name)
-        kind = image_ref(svc["image"])[0].removeprefix("ktg-")
-        assert svc["build"]["dockerfile"] == f"docker/{kind}.Dockerfile", f"{name} builds {svc['image']} from elsewhere"
-        built.add(svc["image"])
-    assert service("ray-head")["image"] == service("ray-worker")["image"]
-    assert {c["image"] for c in containers(api_deployment())} == {service("api")["image"]}
-    assert {c["image"] for c in ray_containers()} == {service("ray-head")["image"]}
+    for role, container in _k8s_containers().items():
+        assert container["image"] == service(K8S_TO_COMPOSE[role])["image"], role
     kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
-    version = project()["version"]
+    images = {image_ref(c["image"])[0] for c in _k8s_containers().values()}
+    assert {entry["name"] for entry in kustomization["images"]} == images
     for entry in kustomization["images"]:
-        assert entry["name"] in {image_ref(i)[0] for i in built}
-        assert str(entry.get("newTag", version)) == version
+        assert "newTag" not in entry, "one newTag would give the CPU and the CUDA image the same tag"
     readme = README.read_text()
-    for image in sorted(built):
-        assert image in readme, f"docker/README.md does not name the image {image}"
-        kind = image_ref(image)[0].removeprefix("ktg-")
-        assert f"-f docker/{kind}.Dockerfile -t {image} ." in readme
+    version = project()["version"]
+    assert f"docker build -f docker/Dockerfile -t ktg:{version} ." in readme
+    assert f"docker build -f docker/Dockerfile --build-arg TORCH_BUILD=cuda -t ktg:{version}-cuda ." in readme
+
+
+def _ktg_env(env: dict[str, str]) -> set[str]:
+    return {name for name in env if name.startswith("KTG_")}
+
+
+@pytest.mark.parametrize("role", sorted(K8S_TO_COMPOSE))
+def test_env_names_and_paths_agree_with_compose(role):
+    """Same KTG_* variables in both deployments, and the same values for the paths."""
+    container = _k8s_containers()[role]
+    k8s = k8s_env(container)
+    compose_env = service_env(service(K8S_TO_COMPOSE[role]))
+    assert _ktg_env(k8s) == _ktg_env(compose_env), f"{role}: {sorted(_ktg_env(k8s) ^ _ktg_env(compose_env))}"
+    for var in ("KTG_DATA_DIR", "KTG_CACHE_DIR", "KTG_DATASETS_DIR"):
+        assert k8s[var]["value"] == compose_env[var], f"{role}: {var}"
+    assert k8s["RAY_AUTH_MODE"]["value"] == compose_env["RAY_AUTH_MODE"] == "token"
+
+
+@pytest.mark.parametrize("role", sorted(K8S_TO_COMPOSE))
+def test_volumes_agree_with_compose(role):
+    """The shared volume at KTG_DATA_DIR, the datasets read-only at KTG_DATASETS_DIR."""
+    container = _k8s_containers()[role]
+    env = k8s_env(container)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    compose_mounts_ = compose_mounts(service(K8S_TO_COMPOSE[role]))
+    data, datasets = env["KTG_DATA_DIR"]["value"], env["KTG_DATASETS_DIR"]["value"]
+    assert data in mounts and data in compose_mounts_, role
+    assert mounts[datasets].get("readOnly") is True and datasets in compose_mounts_, role
+    assert mounts[datasets]["name"] == mounts[data]["name"] and mounts[datasets]["subPath"] == "datasets", \
+        f"{role}: the datasets are the folder datasets/ of the shared volume (storage.yaml)"
+    pg_mounts = [m["mountPath"] for c in containers(one("StatefulSet")) for m in c.get("volumeMounts", [])]
+    assert set(compose_mounts(service("postgres"))) <= set(pg_mounts)
+
+
+def test_secrets_agree_with_compose():
+    """Every compose secret is a key of the Kubernetes Secret (api_tokens -> api-tokens), and
+    PostgreSQL's password is a Secret key in both."""
+    (template,) = [doc for path, doc in manifests() if path == SECRET_TEMPLATE]
+    keys = set(template["stringData"])
+    for name in compose()["secrets"]:
+        assert name.replace("_", "-") in keys, f"compose secret {name} has no key in {template['metadata']['name']}"
+    (pg,) = containers(one("StatefulSet"))
+    assert "secretKeyRef" in k8s_env(pg)["POSTGRES_PASSWORD"]["valueFrom"]
+    assert ONLY_A_REFERENCE.match(service_env(service("postgres"))["POSTGRES_PASSWORD"])
+
+
+def test_ports_agree_with_compose_and_the_image():
+    assert [p["containerPort"] for p in api_container()["ports"]] == [API_PORT]
+    assert [str(API_PORT)] == instructions("ktg", "EXPOSE")
+    head_ports = {p["containerPort"] for p in _ray_group_containers()["head"]["ports"]}
+    compose_head = argv(service("ray-head-gpu")["command"])
+    assert {int(flag(compose_head, "--port")), int(flag(compose_head, "--dashboard-port"))} <= head_ports
+    # The URL's password is a ${...} reference, which urlsplit cannot read: take host:port after the last @.
+    host, port = re.fullmatch(r".*@([^:/@]+):(\d+)/\w+", service_env(service("api"))["KTG_STORAGE"]).groups()
+    (pg_service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == "ktg-postgres"]
+    assert host == "postgres" and int(port) == pg_service["spec"]["ports"][0]["port"] == 5432
 
 
 def test_kubectl_kustomize_renders_the_manifests():
