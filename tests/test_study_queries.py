@@ -31,7 +31,7 @@ NAME = "queries.mixed"
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 # The attribute names ktg writes, spelled out: they are read by plain Optuna and SQL users too.
 KTG_ATTRS = {"graph", "seed", "epochs_done", "skipped", "interrupted", "error", "retries", "continued_from",
-             "repair_of", "retry_of"}
+             "repair_of", "retry_of", "baseline", "confirm_of"}
 
 
 def test_the_contract_names_every_attribute_ktg_writes() -> None:
