@@ -18,12 +18,13 @@ from rich.text import Text
 from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Graph
 from ktg.report import console, out, table
-from search.commands import flag_of
+from search.commands import OBJECT_FLAGS, flag_of
 from search.space import describe_size, space_size
 from search.spec import SearchSpec, spec_error_lines
 from search.study.contract import TrialAttr
 from search.study.resume import open_study, stored_spec
 from search.study.storage import best_trials, graph_of, load_study, masked, open_storage, storage_url
+from search.teachers import teacher_misfits
 from search.tune.driver import RunOptions, run_search
 from search.tune.schedule import asha_schedule
 from search.tune.searcher import Tally
@@ -34,7 +35,9 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None, given: dic
     fields: dict[str, Any] = {**(base or {}), **given}
     for name, field in SearchSpec.model_fields.items():
         value = getattr(args, name, None)
-        if value is not None:
+        if value is not None and name in OBJECT_FLAGS:  # a repeated flag, one object each
+            fields[name] = [OBJECT_FLAGS[name][0](v) for v in value]
+        elif value is not None:
             is_list = get_origin(field.annotation) is list
             fields[name] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
     for name, field in SearchSpec.model_fields.items():
@@ -155,9 +158,11 @@ def run_search_command(args: argparse.Namespace) -> int:
         name = args.study or given.get("name")
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
         schedule = asha_schedule(spec)
+        check_teachers(spec)
     else:  # checked before the storage is touched: bad input leaves nothing behind, not even an empty file
         spec = build_spec(args, None, given)
         schedule = asha_schedule(spec)  # reads the data: a missing dataset leaves nothing behind either
+        check_teachers(spec)  # read with the data, in the same child process
         storage = open_storage(url)
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
@@ -173,6 +178,13 @@ def run_search_command(args: argparse.Namespace) -> int:
     out.print(f"wrote {path} and {path.with_suffix('.svg')}  ({tally.complete} complete, "
               f"{tally.pruned} pruned, {tally.failed} failed this run)")
     return 0
+
+
+def check_teachers(spec: SearchSpec) -> None:
+    """Each given teacher must fit the data (classes, channels, model): one line naming those that do not."""
+    misfits = teacher_misfits(spec)
+    if misfits:
+        raise KtgError("; ".join(f"{flag_of('teachers')}: {why}" for _, why in misfits))
 
 
 def _spec_json(text: str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ktg.teachers import default_cache_dir
 from search.local_ray import join_ray
 from search.spec import SearchSpec
 from search.study.storage import finished_count, open_storage
+from search.teachers import TEACHER_FILES, teacher_files
 from search.tune.checkpoints import book_of
 from search.tune.schedule import asha_schedule
 from search.tune.searcher import GraphSearcher, Tally, TrialHandles, checkpoint_budget
@@ -72,7 +73,8 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     workers = _start_ray(options)
     trials = study.get_trials(deepcopy=False)
     book = book_of(trials, spec.keep_best, checkpoint_budget(spec), experiment_dir(spec, options))
-    searcher = GraphSearcher(study, spec, tally, options.worker_config(), book, Twins.of_trials(trials))
+    worker_config = {**options.worker_config(), TEACHER_FILES: teacher_files(spec)}
+    searcher = GraphSearcher(study, spec, tally, worker_config, book, Twins.of_trials(trials))
     callbacks = [TrialHandles(searcher), *([display(tally)] if display is not None else [])]
     tuner = _tuner(spec, options, searcher, callbacks, workers)
     try:
