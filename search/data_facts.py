@@ -12,7 +12,7 @@ import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 from ktg.data.spec import DataSpec
 
@@ -47,7 +47,7 @@ def _look(data: DataSpec, teachers: tuple[TeacherFile, ...]) -> DataFacts:
     return DataFacts(len(loaded.train_y), tuple(misfits))
 
 
-@cache
+@lru_cache(maxsize=8)  # a driver asks twice for one study; the service asks once per request
 def data_facts(data: DataSpec, teachers: tuple[TeacherFile, ...] = ()) -> DataFacts:
     """The facts, read in a child process (torch stays out of this one). A bad dataset's
     KtgError comes back."""

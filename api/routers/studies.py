@@ -29,9 +29,11 @@ from api.deps import (
 )
 from api.schemas import BestGraph, BestList, ErrorOut, StudyPage, StudyStatus, TrialPage
 from api.status import PREFIX, study_status, summary
+from ktg.errors import KtgError
 from ktg.graph import Graph
 from search.spec import SearchSpec
 from search.study.contract import StudyState, TrialStateName
+from search.teachers import teacher_misfits
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
@@ -57,6 +59,38 @@ def _name_error(name: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", "name"), "msg": message, "input": name}])
 
 
+def _confined(tenant: str, path: str, field: str) -> str:
+    """The server file a tenant's path names, confined like ``data_dir``.
+
+    ISSUE-14 MERGE: this is the one call site of issue 14's confinement; replace the body with
+    ``return str(api.confine.confine(tenant, path, field))``. Until then the service takes no
+    teacher checkpoint at all: failing closed, never reading a path a tenant chose.
+    """
+    raise RequestValidationError([{"type": "value_error", "loc": ("body", *field.split(".")), "input": path,
+                                   "msg": "not accepted over HTTP by this server yet (no datasets folder to "
+                                          "confine it to); allowed: no teachers"}])
+
+
+def _check_teachers(spec: SearchSpec, tenant: str) -> None:
+    """Each given teacher's checkpoint, confined, must fit the study's data: a 422 naming each that does not.
+
+    Reading the data and the checkpoints takes a child process (``search.data_facts``), so it
+    runs here, in a sync endpoint, on FastAPI's thread pool: never on the event loop.
+    """
+    if not spec.teachers:
+        return
+    files = {t.checkpoint: _confined(tenant, t.checkpoint, f"teachers.{i}.checkpoint")
+             for i, t in enumerate(spec.teachers)}
+    try:
+        misfits = teacher_misfits(spec, files)
+    except KtgError:  # its text may hold a server path: say what, not where
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", "dataset"), "input": spec.dataset,
+                                       "msg": "cannot be read here to check the teachers against it"}]) from None
+    if misfits:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", "teachers", i, "checkpoint"),
+                                       "input": spec.teachers[i].checkpoint, "msg": why} for i, why in misfits])
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StudyStatus,
              responses={409: {"model": ErrorOut, "description": "This tenant already has a study of that name"},
                         413: {"model": ErrorOut, "description": "Request body too large"}},
@@ -68,6 +102,7 @@ def create_study(spec: SearchSpec, tenant: Tenant, session: DbSession, lifecycle
     The same name twice for one tenant is 409 (with the existing study's
     ``Location``), never a second search.
     """
+    _check_teachers(spec, tenant)
     try:
         row = service.create_study(session, lifecycle, settings.studies_dir, tenant, spec)
     except service.NameTooLong as exc:
