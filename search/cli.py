@@ -24,7 +24,7 @@ from search.spec import SearchSpec, spec_error_lines
 from search.study.contract import TrialAttr
 from search.study.resume import open_study, stored_spec
 from search.study.storage import best_trials, graph_of, load_study, masked, open_storage, storage_url
-from search.teachers import teacher_misfits
+from search.teachers import check_teachers
 from search.tune.driver import RunOptions, run_search
 from search.tune.schedule import asha_schedule
 from search.tune.searcher import Tally
@@ -158,11 +158,11 @@ def run_search_command(args: argparse.Namespace) -> int:
         name = args.study or given.get("name")
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
         schedule = asha_schedule(spec)
-        check_teachers(spec)
+        check_teachers(spec, flag_of("teachers"))
     else:  # checked before the storage is touched: bad input leaves nothing behind, not even an empty file
         spec = build_spec(args, None, given)
         schedule = asha_schedule(spec)  # reads the data: a missing dataset leaves nothing behind either
-        check_teachers(spec)  # read with the data, in the same child process
+        check_teachers(spec, flag_of("teachers"))  # read with the data, in the same child process
         storage = open_storage(url)
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "
@@ -178,13 +178,6 @@ def run_search_command(args: argparse.Namespace) -> int:
     out.print(f"wrote {path} and {path.with_suffix('.svg')}  ({tally.complete} complete, "
               f"{tally.pruned} pruned, {tally.failed} failed this run)")
     return 0
-
-
-def check_teachers(spec: SearchSpec) -> None:
-    """Each given teacher must fit the data (classes, channels, model): one line naming those that do not."""
-    misfits = teacher_misfits(spec)
-    if misfits:
-        raise KtgError("; ".join(f"{flag_of('teachers')}: {why}" for _, why in misfits))
 
 
 def _spec_json(text: str | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from ktg.errors import KtgError
 from ktg.graph import Graph
 from search.data_facts import DataFacts, data_facts
 from search.spec import SearchSpec
@@ -37,6 +38,14 @@ def teacher_misfits(spec: SearchSpec, files: dict[str, str] | None = None) -> li
     misfits = spec_facts(spec, files).misfits
     return [(i, f"teacher {t.name!r} ({t.model}, {t.checkpoint}): {why}")
             for i, (t, why) in enumerate(zip(spec.teachers, misfits, strict=True)) if why is not None]
+
+
+def check_teachers(spec: SearchSpec, field: str = "teachers") -> None:
+    """Each given teacher must fit the data (classes, channels, model): one line, ``field`` first,
+    naming those that do not."""
+    misfits = teacher_misfits(spec)
+    if misfits:
+        raise KtgError("; ".join(f"{field}: {why}" for _, why in misfits))
 
 
 def with_teacher_files(graph: Graph, files: dict[str, str]) -> Graph:
