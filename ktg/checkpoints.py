@@ -100,12 +100,14 @@ def misfit(state: State, model: str, *, in_channels: int, num_classes: int, imag
 
 
 def resolve_checkpoints(graph: Graph, graph_path: Path) -> Graph:
-    """Relative checkpoint paths are tried from the working folder, then beside the graph file."""
+    """Relative checkpoint paths are tried from the working folder, then beside the graph file;
+    one found is made absolute, so that a job run elsewhere (a ``ktg compare`` worker) reads it too."""
     nodes = []
     for n in graph.nodes:
-        if n.checkpoint and not Path(n.checkpoint).expanduser().is_absolute() and not Path(n.checkpoint).exists():
-            beside = graph_path.parent / n.checkpoint
-            if beside.exists():
-                n = replace(n, checkpoint=str(beside))
+        if n.checkpoint and not Path(n.checkpoint).expanduser().is_absolute():
+            for found in (Path(n.checkpoint), graph_path.parent / n.checkpoint):
+                if found.exists():
+                    n = replace(n, checkpoint=str(found.resolve()))
+                    break
         nodes.append(n)
     return replace(graph, nodes=tuple(nodes))
