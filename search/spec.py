@@ -76,7 +76,7 @@ class SearchSpec(BaseModel):
                               description="Losses every non-label edge chooses from",
                               json_schema_extra={"items": {"type": "string", "enum": list(NETWORK_LOSSES)}})
     teachers: list[TeacherSpec] = Field(default_factory=list, max_length=10, description=(
-        "Pre-trained teachers any node but node 1 may be, frozen: NAME=MODEL:PATH"))
+        "Pre-trained networks any node but node 1 may be, frozen as given (teacher:<name>)"))
     temperatures: list[Annotated[float, Field(gt=0, le=100)]] = Field(
         default_factory=lambda: list(DEFAULT_TEMPERATURES), min_length=1,
         description="Temperatures an edge out of a teacher chooses from")
