@@ -290,7 +290,8 @@ class TeacherScale:
 TEACHER_SCALES = {
     # The issue's protocol (several CPU hours).
     "full": TeacherScale("resnet20", None, 3, 1000, 60, 5, 24, "wrn16-1", "resnet8,wrn16-1"),
-    # What one hour of a 2-core machine shared with other jobs finishes.
+    # A smaller protocol for a 2-core machine; on one shared with other engineers' test runs (load
+    # 20-50) its teacher step alone took over 30 min, so it did not finish within a session.
     "shared": TeacherScale("resnet20", 20000, 1, 1000, 20, 3, 6, "wrn16-1", "resnet8,wrn16-1"),
     "smoke": TeacherScale("resnet8", 200, 1, 100, 2, 2, 2, "resnet8", "resnet8"),
 }
