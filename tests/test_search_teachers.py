@@ -154,7 +154,7 @@ def test_teacher_kd_is_the_draw_its_params_name() -> None:
         assert {k: kd.graph[k] for k in ("nodes", "edges")} == expected
         assert Graph.from_dict(drawn).training_key(TARGET_NODE) == Graph.from_dict(kd.graph).training_key(TARGET_NODE)
     # T = 4 outside --temperatures: the graph is still given, but no draw of the space makes it
-    (outside,) = teacher_kd_graphs(space_spec(SPACES[0]))
+    (outside,) = teacher_kd_graphs(space_spec({**SPACES[0], "temperatures": (1.0, 2.0)}))
     assert outside.params is None and outside.graph["edges"][1]["temperature"] == 4.0
 
 
