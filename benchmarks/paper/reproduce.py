@@ -357,12 +357,14 @@ def teacher_section(t: TeacherScale, scale_name: str, found: dict[str, Any], log
              f"({platform.machine()}, {_cores()} CPU cores shared with other jobs, no GPU; {seconds / 60:.0f} min).",
              "",
              f"- **Teacher**: `{t.teacher}` trained on {images} Fashion-MNIST training images for "
-             f"{t.teacher_epochs} epoch(s): {100 * node['test_acc']:.2f} % on the 10,000 test images. Given to the "
+             f"{t.teacher_epochs} epoch{'s' if t.teacher_epochs > 1 else ''}: {100 * node['test_acc']:.2f} % on the 10,000 test images. Given to the "
              f"search as `--teacher {t.teacher}-more={t.teacher}:{found['checkpoint']}`.",
              f"- **Student**: `{t.target}` on {t.train_size:,} images, {t.epochs} epochs; the search's other node "
              f"chooses among `{t.peers}` and the teacher, {t.trials} trials; then `ktg compare` on {t.seeds} "
              "paired seeds.", ""]
-    if scale_name != "full":
+    if scale_name == "smoke":
+        lines += ["**Smoke run: tiny settings that check the pipeline. These numbers mean nothing.**", ""]
+    elif scale_name != "full":
         lines += [f"This is not the issue's protocol (the teacher on all 60,000 images for 3 epochs, 60 epochs, "
                   f"5 seeds): it is what the shared machine finished. At {t.epochs} epochs the student is not "
                   "converged, where the issue's held-out run found KD to give nothing either.", ""]
