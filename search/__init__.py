@@ -49,9 +49,11 @@ def run(spec: SearchSpec | Mapping[str, Any], *, storage: str | None = None, out
     from search.spec import SearchSpec
     from search.study.resume import open_study
     from search.study.storage import open_storage, storage_url
+    from search.teachers import check_teachers
     from search.tune.driver import DEFAULT_OUT_DIR, RunOptions, run_search
 
     spec = spec if isinstance(spec, SearchSpec) else SearchSpec.model_validate(dict(spec))
+    check_teachers(spec)  # before the study exists: a teacher that cannot be used leaves nothing behind
     url = storage_url(storage)
     study = open_study(open_storage(url), spec, resume=resume)
     options = RunOptions(out_dir=Path(out_dir or DEFAULT_OUT_DIR), workers=workers, ray_address=ray_address, device=device)

@@ -86,9 +86,19 @@ def dml(spec: SearchSpec, peer: str) -> Baseline:
     return _build(spec, f"dml:{peer}", peer, edges, {(PEER, TARGET_NODE): "kl", (TARGET_NODE, PEER): "kl"})
 
 
+def given_teacher_kd(spec: SearchSpec) -> list[Baseline]:
+    """Plain KD from each teacher the user gave (``spec.teachers``: T = 4, both gates through)."""
+    from search.space import teacher_kd_graphs
+
+    return [Baseline(h.name, {**h.graph, "meta": {**h.graph["meta"], "baseline": h.name}}, h.params,
+                     "" if h.params is not None else "T = 4 or the gates through/cutoff are not in the space")
+            for h in teacher_kd_graphs(spec)]
+
+
 def candidates(spec: SearchSpec) -> list[Baseline]:
     """Every hand-made graph of the space's kind, in the order they train."""
-    return [independent(spec), *(kd(spec, m) for m in spec.models), *(dml(spec, m) for m in spec.models)]
+    return [independent(spec), *given_teacher_kd(spec), *(kd(spec, m) for m in spec.models),
+            *(dml(spec, m) for m in spec.models)]
 
 
 def study_baselines(spec: SearchSpec) -> tuple[list[Baseline], list[str]]:

@@ -20,7 +20,7 @@ from ktg.errors import KtgError
 from ktg.graph import LABEL_NODE, Graph
 from ktg.report import console, fmt_acc, out, table
 from search.baselines import study_baselines
-from search.commands import flag_of
+from search.commands import OBJECT_FLAGS, flag_of
 from search.compare.stats import CONFIDENCE
 from search.space import describe_size, space_size
 from search.spec import SearchSpec, spec_error_lines
@@ -30,6 +30,7 @@ from search.study.resume import open_study, stored_spec
 from search.study.rungs import correlations_from_json
 from search.study.rungs import describe as describe_rungs
 from search.study.storage import best_trials, confirmation_of, graph_of, load_study, masked, open_storage, storage_url
+from search.teachers import check_teachers
 from search.tune.driver import RunOptions, run_search
 from search.tune.schedule import asha_schedule
 from search.tune.searcher import Tally
@@ -40,7 +41,9 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None, given: dic
     fields: dict[str, Any] = {**(base or {}), **given}
     for name, field in SearchSpec.model_fields.items():
         value = getattr(args, name, None)
-        if value is not None:
+        if value is not None and name in OBJECT_FLAGS:  # a repeated flag, one object each
+            fields[name] = [OBJECT_FLAGS[name][0](v) for v in value]
+        elif value is not None:
             is_list = get_origin(field.annotation) is list
             fields[name] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
     for name, field in SearchSpec.model_fields.items():
@@ -204,9 +207,11 @@ def run_search_command(args: argparse.Namespace) -> int:
         name = args.name or given.get("name")
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
         schedule = asha_schedule(spec)
+        check_teachers(spec, flag_of("teachers"))
     else:  # checked before the storage is touched: bad input leaves nothing behind, not even an empty file
         spec = build_spec(args, None, given)
         schedule = asha_schedule(spec)  # reads the data: a missing dataset leaves nothing behind either
+        check_teachers(spec, flag_of("teachers"))  # read with the data, in the same child process
         storage = open_storage(url)
     study = open_study(storage, spec, resume=args.resume)
     out.print(f"study [bold]{spec.name}[/] in {masked(url)}: {spec.nodes} nodes, {spec.trials} trials, "

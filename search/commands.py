@@ -9,9 +9,11 @@ command runs.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any, get_args
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from ktg.cli import add_data_args, add_recipe_args, env_number
+from ktg.errors import KtgError
 
 if TYPE_CHECKING:
     from ktg.cli import Subcommands
@@ -25,7 +27,23 @@ RESOURCE_ENV = (WORKERS_ENV, CPUS_PER_TRIAL_ENV, GPUS_PER_TRIAL_ENV)
 
 
 # Spec fields whose flag is not the field's own name.
-FLAG_OF_FIELD = {"name": "--study"}
+FLAG_OF_FIELD = {"name": "--study", "teachers": "--teacher"}
+TEACHER_FORM = "NAME=MODEL:PATH"
+
+
+def parse_teacher_flag(text: str) -> dict[str, str]:
+    """``--teacher NAME=MODEL:PATH`` as a ``TeacherSpec``'s fields (a model name holds no ':')."""
+    name, _, rest = text.partition("=")
+    model, _, path = rest.partition(":")
+    if not (name.strip() and model.strip() and path.strip()):
+        raise KtgError(f"--teacher: got {text!r}; allowed: {TEACHER_FORM}, e.g. r20-full=resnet20:teachers/r20.pt")
+    return {"name": name.strip(), "model": model.strip(), "checkpoint": path.strip()}
+
+
+# Spec fields holding a list of objects: one repeatable flag per object, parsed by the function.
+OBJECT_FLAGS: dict[str, tuple[Callable[[str], dict[str, Any]], str]] = {
+    "teachers": (parse_teacher_flag, TEACHER_FORM),
+}
 
 
 def flag_of(field: str) -> str:
@@ -53,6 +71,10 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         else:
             default = "" if field.default in (None, PydanticUndefined) else f"default {field.default}"
         text = (field.description or name.replace("_", " ")) + (f" ({default})" if default else "")
+        if name in OBJECT_FLAGS:
+            g.add_argument(flag_of(name), dest=name, action="append", metavar=OBJECT_FLAGS[name][1],
+                           help=(field.description or name) + " (repeatable)")
+            continue
         g.add_argument(flag_of(name), dest=name, type=kind, metavar=_METAVAR.get(kind, "X"),
                        help=text.replace("%", "%%"))
 
@@ -62,6 +84,8 @@ _METAVAR: dict[type, str] = {int: "N", float: "X", str: "TEXT"}
 
 def _flag_type(annotation: Any) -> type:
     """int, float or str: what argparse parses a field's flag as (lists stay text, split later)."""
+    if get_origin(annotation) is list:
+        return str
     for kind in (int, float):
         if annotation is kind or kind in get_args(annotation):
             return kind

@@ -1,29 +1,46 @@
 """The search space, define-by-run: node models, edge gates, and (optionally) edge losses.
 
 Node 1's model is fixed (it is the network being improved); every other node
-draws its model, every edge (label edges included) its gate, and, when more
-than one loss is allowed, every non-label edge that is not cut off its loss.
-Parameter names are stable (``model_2``, ``gate_0_1``, ``loss_2_1``) so studies
-can be read with plain Optuna or SQL.
+draws its model, or one of the spec's pre-trained ``teachers`` (``teacher:<name>``),
+every edge (label edges included) its gate, and, when more than one loss is
+allowed, every non-label edge that is not cut off its loss. A teacher is frozen
+as given, so the edges into it are not drawn (all cutoff); an open edge out of
+it also draws its temperature. Parameter names are stable (``model_2``,
+``gate_0_1``, ``loss_2_1``, ``temperature_2_1``) so studies can be read with
+plain Optuna or SQL.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
 from ktg.graph import FORMAT, LABEL_NODE, TARGET_NODE
-from search.spec import SearchSpec
+from search.spec import SearchSpec, TeacherSpec
+
+KD_TEMPERATURE = 4.0  # the teacher-KD baseline's (Hinton et al.'s usual choice; the issue's held-out run)
 
 
 def sample_graph(trial: optuna.Trial, spec: SearchSpec) -> tuple[dict, str | None]:
     """Draw one graph; return (graph dict, why it cannot be trained or None)."""
     ids = list(range(1, spec.nodes + 1))
+    teachers = {t.choice(): t for t in spec.teachers}
     nodes = [{"id": TARGET_NODE, "model": spec.target_model}]
-    nodes += [{"id": i, "model": trial.suggest_categorical(f"model_{i}", spec.models)} for i in ids[1:]]
+    teacher_ids = set()
+    for i in ids[1:]:
+        choice = trial.suggest_categorical(f"model_{i}", [*spec.models, *teachers])
+        if choice in teachers:
+            teacher_ids.add(i)
+            nodes.append({"id": i, "model": teachers[choice].model, "checkpoint": teachers[choice].checkpoint})
+        else:
+            nodes.append({"id": i, "model": choice})
     edges = []
     for target in ids:
+        if target in teacher_ids:
+            continue  # frozen as given: every edge into it is cutoff
         for source in [LABEL_NODE, *ids]:
             if source == target:
                 continue
@@ -36,7 +53,10 @@ def sample_graph(trial: optuna.Trial, spec: SearchSpec) -> tuple[dict, str | Non
                 loss = trial.suggest_categorical(f"loss_{source}_{target}", spec.losses)
             else:
                 loss = spec.losses[0]
-            edges.append({"source": source, "target": target, "loss": loss, "gate": gate})
+            edge: dict[str, Any] = {"source": source, "target": target, "loss": loss, "gate": gate}
+            if source in teacher_ids:
+                edge["temperature"] = trial.suggest_categorical(f"temperature_{source}_{target}", spec.temperatures)
+            edges.append(edge)
     graph = {"format": FORMAT, "nodes": nodes, "edges": edges, "meta": {"dataset": spec.dataset}}
     if not any(e["target"] == TARGET_NODE for e in edges):
         return graph, f"target node {TARGET_NODE} would be frozen (every incoming edge is cutoff)"
@@ -57,16 +77,73 @@ def repaired(params: dict[str, object], spec: SearchSpec) -> dict[str, object]:
 
 
 def space_size(spec: SearchSpec) -> int:
-    """The number of distinct graphs: models^(M-1) x label gates x non-label edge options.
+    """The number of distinct graphs.
 
-    A non-label edge is either cut off or one of (non-cutoff gate, loss); the
-    KTG paper's M^(n-1) * G^(N^2) counts the same thing with a single loss.
+    Without teachers: models^(M-1) x label gates^M x non-label edge options^(M(M-1)),
+    where a non-label edge is either cut off or one of (open gate, loss); the KTG
+    paper's M^(n-1) * G^(N^2) counts the same thing with a single loss. With
+    teachers, sum over how many of the M-1 free nodes are teachers (r of them):
+    edges into a teacher are absent, and an open edge out of one also has a temperature.
     """
     m = spec.nodes
     open_gates = len([g for g in spec.gates if g != "cutoff"])
-    per_edge = open_gates * len(spec.losses) + (1 if "cutoff" in spec.gates else 0)
-    return len(spec.models) ** (m - 1) * len(spec.gates) ** m * per_edge ** (m * (m - 1))
+    cutoff = 1 if "cutoff" in spec.gates else 0
+    per_edge = open_gates * len(spec.losses) + cutoff
+    per_teacher_edge = open_gates * len(spec.losses) * len(spec.temperatures) + cutoff
+    total = 0
+    for r in range(m if spec.teachers else 1):
+        trained = m - r  # node 1 and the free nodes that are not teachers
+        total += (math.comb(m - 1, r) * len(spec.teachers) ** r * len(spec.models) ** (m - 1 - r)
+                  * len(spec.gates) ** trained * per_edge ** (trained * (trained - 1))
+                  * per_teacher_edge ** (r * trained))
+    return total
 
 
 def describe_size(n: int) -> str:
     return f"{n:,}" if n < 10**7 else f"{n / 10 ** int(math.log10(n)):.2f}e{int(math.log10(n))}"
+
+
+@dataclass(frozen=True)
+class HandMade:
+    """A hand-made graph of a study: its name, its graph, and its draw when the space holds it."""
+
+    name: str
+    graph: dict[str, Any]
+    params: dict[str, Any] | None  # the Optuna parameters that draw it (to enqueue), or None
+
+
+def teacher_kd_graphs(spec: SearchSpec) -> list[HandMade]:
+    """Plain knowledge distillation from each given teacher: node 1 learns from the labels and
+    from the teacher on node 2 (``kl``, both gates ``through``, T = 4); no other node takes part."""
+    return [_teacher_kd(spec, t) for t in spec.teachers]
+
+
+def _teacher_kd(spec: SearchSpec, teacher: TeacherSpec) -> HandMade:
+    teacher_node = TARGET_NODE + 1
+    graph = {"format": FORMAT,
+             "nodes": [{"id": TARGET_NODE, "model": spec.target_model},
+                       {"id": teacher_node, "model": teacher.model, "checkpoint": teacher.checkpoint}],
+             "edges": [{"source": LABEL_NODE, "target": TARGET_NODE, "loss": "ce", "gate": "through"},
+                       {"source": teacher_node, "target": TARGET_NODE, "loss": "kl", "gate": "through",
+                        "temperature": KD_TEMPERATURE}],
+             "meta": {"dataset": spec.dataset}}
+    in_space = ("through" in spec.gates and "kl" in spec.losses and KD_TEMPERATURE in spec.temperatures
+                and (spec.nodes == 2 or "cutoff" in spec.gates))
+    params = None
+    if in_space:
+        params = {f"model_{teacher_node}": teacher.choice(), f"gate_{LABEL_NODE}_{TARGET_NODE}": "through",
+                  f"gate_{teacher_node}_{TARGET_NODE}": "through",
+                  f"temperature_{teacher_node}_{TARGET_NODE}": KD_TEMPERATURE}
+        if len(spec.losses) > 1:
+            params[f"loss_{teacher_node}_{TARGET_NODE}"] = "kl"
+        # Every other node is drawn, but cut off from everything: nothing upstream of node 1,
+        # so a trial trains the two-node graph above (search.tune.trial: training_graph).
+        others = range(teacher_node + 1, spec.nodes + 1)
+        for i in others:
+            params[f"model_{i}"] = spec.models[0]
+            for other in [LABEL_NODE, *range(1, spec.nodes + 1)]:
+                if other != i:
+                    params[f"gate_{other}_{i}"] = "cutoff"
+                    if other not in (LABEL_NODE, teacher_node):  # edges into the teacher are not drawn
+                        params[f"gate_{i}_{other}"] = "cutoff"
+    return HandMade(f"kd:{teacher.choice()}", graph, params)

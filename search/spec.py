@@ -23,7 +23,34 @@ from ktg.models import check_model_name
 from ktg.recipe import Recipe
 
 DEFAULT_MODELS = ("resnet32", "resnet110", "wrn28-2")
+DEFAULT_TEMPERATURES = (1.0, 2.0, 4.0)
 STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TEACHER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
+TEACHER_CHOICE = "teacher:"  # a node's model choice "teacher:<name>" is that given teacher (search.space)
+
+
+class TeacherSpec(BaseModel):
+    """A pre-trained network the search may place on any node but node 1, frozen, as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=TEACHER_NAME_PATTERN, description="What the space calls it (teacher:<name>)")]
+    model: str = Field(description="Its model name, e.g. resnet20")
+    checkpoint: Annotated[str, Field(min_length=1, max_length=1024, description=(
+        "Its weights: a node<id>.pt written by 'ktg train' (over HTTP: relative to the datasets folder)"))]
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        try:
+            check_model_name(value, "model")
+        except KtgError as exc:  # pydantic names the field (teachers.0.model) itself
+            raise ValueError(str(exc).removeprefix("model: ")) from None
+        return value
+
+    def choice(self) -> str:
+        """This teacher as a node's model choice in the space."""
+        return TEACHER_CHOICE + self.name
 
 
 class SearchSpec(BaseModel):
@@ -50,6 +77,11 @@ class SearchSpec(BaseModel):
     losses: list[str] = Field(default_factory=lambda: ["kl"], min_length=1,
                               description="Losses every non-label edge chooses from",
                               json_schema_extra={"items": {"type": "string", "enum": list(NETWORK_LOSSES)}})
+    teachers: list[TeacherSpec] = Field(default_factory=list, max_length=10, description=(
+        "Pre-trained networks any node but node 1 may be, frozen as given (teacher:<name>)"))
+    temperatures: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPERATURES), min_length=1,
+        description="Temperatures an edge out of a teacher chooses from")
     reduction_factor: Annotated[int, Field(ge=2, le=16, description="ASHA's reduction factor")] = 2
     grace_epochs: Annotated[int | None, Field(ge=1, le=10_000, description=(
         "Epochs before ASHA's first rung; default: when the lr warm-up is over"))] = None
@@ -119,6 +151,20 @@ class SearchSpec(BaseModel):
     @classmethod
     def _losses(cls, value: list[str]) -> list[str]:
         return _choices(value, NETWORK_LOSSES)
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, value: list[TeacherSpec]) -> list[TeacherSpec]:
+        names = [t.name for t in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"teacher {twice[0]!r} is named twice; allowed: one name per teacher")
+        return value
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, value: list[float]) -> list[float]:
+        return list(dict.fromkeys(value))
 
     def class_list(self) -> tuple[int, ...] | None:
         return tuple(parse_classes(self.classes, self.dataset)) if self.classes else None

@@ -87,20 +87,27 @@ def files_with(root: Path, secret: str) -> list[str]:
     return [str(p.relative_to(root)) for p in files_under(root) if needle in p.read_bytes()]
 
 
-def brute_force_space(nodes: int, models: list[str], gates: list[str], losses: list[str]) -> int:
+def brute_force_space(nodes: int, models: list[str], gates: list[str], losses: list[str],
+                      teachers: tuple[str, ...] = (), temperatures: tuple[float, ...] = ()) -> int:
     """Distinct graphs, counted by listing them (independently of ``search.space``).
 
-    Node 1's model is fixed; every other node has a model; every label edge a
-    gate; every other edge a (gate, loss), where any cutoff edge is simply absent.
+    Node 1's model is fixed; every other node has a model or is one of ``teachers``;
+    every label edge a gate; every other edge a (gate, loss), and an edge out of a
+    teacher a (gate, loss, temperature); any cutoff edge, and any edge into a
+    teacher (it is frozen as given), is simply absent.
     """
     ids = range(1, nodes + 1)
-    edges = [(s, t) for t in ids for s in [LABEL_NODE, *ids] if s != t]
-    options = [[(g, "ce") for g in gates] if s == LABEL_NODE else [(g, lo) for g in gates for lo in losses]
-               for s, t in edges]
     seen = set()
-    for node_models in itertools.product(models, repeat=nodes - 1):
+    for node_models in itertools.product([*models, *(f"teacher:{t}" for t in teachers)], repeat=nodes - 1):
+        teacher_ids = {i for i, m in enumerate(node_models, start=2) if m.startswith("teacher:")}
+        edges = [(s, t) for t in ids if t not in teacher_ids for s in [LABEL_NODE, *ids] if s != t]
+        options = [[(g, "ce", None) for g in gates] if s == LABEL_NODE
+                   else [(g, lo, temp) for g in gates for lo in losses
+                         for temp in (temperatures if s in teacher_ids else (None,))]
+                   for s, t in edges]
         for choice in itertools.product(*options):
-            kept = tuple((s, t, g, lo) for (s, t), (g, lo) in zip(edges, choice, strict=True) if g != "cutoff")
+            kept = tuple((s, t, g, lo, temp) for (s, t), (g, lo, temp) in zip(edges, choice, strict=True)
+                         if g != "cutoff")
             seen.add((node_models, kept))
     return len(seen)
 

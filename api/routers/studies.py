@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from api import service
-from api.confine import Unconfined, confine_data_dir
+from api.confine import Unconfined, confine, confine_data_dir
 from api.db import StudyRow
 from api.deps import (
     DbSession,
@@ -33,10 +33,12 @@ from api.schemas import BestGraph, BestList, ErrorOut, StudyPage, StudyProgress,
 from api.settings import Settings
 from api.status import PREFIX, study_status, summary
 from api.strict_json import StrictJsonRoute
+from ktg.errors import KtgError
 from ktg.graph import Graph
 from search.spec import SearchSpec
 from search.study.contract import StudyState, TrialStateName
 from search.study.queries import TrialOrder
+from search.teachers import teacher_misfits
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
@@ -79,6 +81,34 @@ def _check_submission(spec: SearchSpec, tenant: str, settings: Settings) -> None
         raise _invalid(problems)
 
 
+def _check_teachers(spec: SearchSpec, tenant: str, settings: Settings) -> None:
+    """Each given teacher's checkpoint, confined like ``data_dir``, must fit the study's data: a 422
+    naming each that does not.
+
+    Reading the data and the checkpoints takes a child process (``search.data_facts``), so it
+    runs here, in a sync endpoint, on FastAPI's thread pool: never on the event loop.
+    """
+    if not spec.teachers:
+        return
+    problems: list[tuple[str, str]] = []
+    files: dict[str, str] = {}
+    for i, t in enumerate(spec.teachers):
+        try:
+            files[t.checkpoint] = str(confine(settings.datasets_dir, tenant, t.checkpoint, f"teachers.{i}.checkpoint"))
+        except Unconfined as exc:
+            problems.append((exc.field, exc.reason))
+    if problems:
+        raise _invalid(problems)
+    data_dir = confine_data_dir(settings.datasets_dir, tenant, spec.dataset, spec.data_dir)
+    here = spec.model_copy(update={"data_dir": str(data_dir) if data_dir is not None else None})
+    try:
+        misfits = teacher_misfits(here, files)
+    except KtgError:  # its text may hold a server path: say what, not where
+        raise _invalid([("dataset", "cannot be read here to check the teachers against it")]) from None
+    if misfits:
+        raise _invalid([(f"teachers.{i}.checkpoint", why) for i, why in misfits])
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StudyStatus,
              responses={409: {"model": ErrorOut, "description": "This tenant already has a study of that name"},
                         413: {"model": ErrorOut, "description": "Request body too large"}},
@@ -93,6 +123,7 @@ def create_study(spec: SearchSpec, tenant: Tenant, session: DbSession, lifecycle
     recorded or launched.
     """
     _check_submission(spec, tenant, settings)
+    _check_teachers(spec, tenant, settings)
     try:
         row = service.create_study(session, lifecycle, settings.studies_dir, tenant, spec)
     except service.NameTooLong as exc:

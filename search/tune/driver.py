@@ -29,6 +29,7 @@ from search.study.confirmation import pending_jobs, summarise
 from search.study.contract import STUDY_ATTR_ASHA_RUNGS, STUDY_ATTR_CONFIRMATION, STUDY_ATTR_RUNG_SPEARMAN, TrialAttr
 from search.study.rungs import rung_correlations
 from search.study.storage import finished_count, open_storage
+from search.teachers import TEACHER_FILES, teacher_files
 from search.tune.checkpoints import book_of
 from search.tune.confirm import ConfirmSearcher
 from search.tune.schedule import asha_schedule
@@ -79,13 +80,15 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     queue_baselines(study, spec)
     tally = Tally(budget=spec.trials, done_before=finished_count(study))
     workers: int | None = None
+    # Given teachers' files, as this process reads them (the study keeps the names the spec gave).
+    worker_config = {**options.worker_config(), TEACHER_FILES: teacher_files(spec)}
     # For readers without the data (the API's study page): the rungs depend on the data's size.
     study.set_user_attr(STUDY_ATTR_ASHA_RUNGS, list(asha_schedule(spec).rungs))
     if tally.done_before < spec.trials:
         workers = _start_ray(options)
         trials = study.get_trials(deepcopy=False)
         book = book_of(trials, spec.keep_best, checkpoint_budget(spec), experiment_dir(spec, options))
-        searcher = GraphSearcher(study, spec, tally, options.worker_config(), book, Twins.of_trials(trials))
+        searcher = GraphSearcher(study, spec, tally, worker_config, book, Twins.of_trials(trials))
         _fit(spec, options, searcher, display(tally, spec.name) if display else None, workers, storage_url)
     study.set_user_attr(STUDY_ATTR_RUNG_SPEARMAN, [c.to_json() for c in rung_correlations(
         study.get_trials(deepcopy=False), asha_schedule(spec).rungs)])
@@ -93,7 +96,7 @@ def run_search(spec: SearchSpec, study: optuna.Study, options: RunOptions,
     if jobs:
         workers = workers or _start_ray(options)
         confirming = Tally(budget=len(jobs), done_before=0)
-        searcher = ConfirmSearcher(study, spec, confirming, options.worker_config(), jobs)
+        searcher = ConfirmSearcher(study, spec, confirming, worker_config, jobs)
         title = f"{spec.name} confirmation ({spec.confirm_seeds} more seeds)"
         _fit(spec, options, searcher, display(confirming, title) if display else None, workers, storage_url,
              stage=CONFIRM_STAGE)

@@ -2,22 +2,18 @@
 
 The driver asks for the schedule before the search starts (and prints it); the
 first rung depends on how many steps an epoch has, so on the number of training
-images, which are counted without importing torch into the driver. The
-validation images are counted too: they say how finely one accuracy can rank
+images, which are counted without importing torch into the driver (``search.data_facts``).
+The validation images are counted too: they say how finely one accuracy can rank
 graphs (``AshaSchedule.describe``).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from math import sqrt
 
-from ktg.data.spec import DataSpec
 from search.spec import SearchSpec
+from search.teachers import spec_facts
 
 
 @dataclass(frozen=True)
@@ -43,28 +39,13 @@ def validation_standard_error(images: int, accuracy: float = 0.8) -> float:
     return sqrt(accuracy * (1 - accuracy) / images)
 
 
-def _count_images(data: DataSpec) -> tuple[int, int]:
-    loaded = data.load()
-    return len(loaded.train_y), 0 if loaded.val_y is None else len(loaded.val_y)
-
-
-@cache
-def _images(data: DataSpec) -> tuple[int, int]:
-    """How many images a trial trains and validates on, read in a child process: reading
-    data imports torch, which the driver never loads (its memory: README, Performance).
-    A bad dataset's KtgError comes back."""
-    if "torch" in sys.modules:  # loaded already (a notebook, a test): a child would save nothing
-        return _count_images(data)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
-        return child.submit(_count_images, data).result()
-
-
 def asha_schedule(spec: SearchSpec) -> AshaSchedule:
     """ASHA's rungs for ``spec``. With no ``grace_epochs`` the first rung comes once the lr
     warm-up is over: before that, validation accuracies mostly measure how far up the lr
     has climbed, and they lean against every graph that starts slowly by design (a
     ``linear`` gate weighs almost nothing in the first epochs)."""
-    train_images, val_images = _images(spec.data_spec())
+    facts = spec_facts(spec)
+    train_images, val_images = facts.train_images, facts.val_images
     steps_per_epoch = max(1, train_images // spec.batch_size)
     warmup = spec.recipe().warmup_epochs(steps_per_epoch)
     grace = min(spec.epochs, spec.grace_epochs or max(1, warmup))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ktg.graph import TARGET_NODE, Graph
 from search.spec import SearchSpec
+from search.teachers import TEACHER_FILES, with_teacher_files
 
 if TYPE_CHECKING:
     from ktg.run_state import RunState  # imports torch: the driver never needs it
@@ -34,7 +35,7 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     ``config`` (built by the driver's searcher): ``graph`` (a ``ktg-graph/1``
     dict), ``trial_number`` (the Optuna trial's), ``seed`` (the study's, or a
     confirmation seed; default the study's), ``cache_dir`` (pre-trained
-    teachers), ``device`` and ``cpus``, and for a graph the study trained
+    teachers), ``TEACHER_FILES`` (given teachers), ``device`` and ``cpus``, and for a graph the study trained
     before, ``TWIN`` (see ``_start``). ``spec_fields``, the ``SearchSpec`` as a dict,
     is the same for every trial and comes through ``tune.with_parameters``.
 
@@ -53,6 +54,7 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     # Only node 1's accuracy is searched, and only the nodes upstream of it decide it: the
     # rest of the drawn graph would cost compute and change nothing the study records.
     graph = Graph.from_dict(config["graph"]).training_graph(TARGET_NODE)
+    graph = with_teacher_files(graph, config.get(TEACHER_FILES, {}))  # given teachers: the files to read
     torch.set_num_threads(max(1, int(config["cpus"])))
     seed = int(config.get("seed", spec.seed))
     resume, reported = _start(graph, spec, seed, config.get(TWIN))
