@@ -10,6 +10,7 @@ the 422 over HTTP, and (slow) a real search whose exported graph re-trains with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -22,19 +23,21 @@ import torch
 from fastapi.testclient import TestClient
 from optuna.trial import FixedTrial
 
+from api.settings import Settings
 from ktg.data import ImageData
 from ktg.device import Accel
 from ktg.graph import LABEL_NODE, TARGET_NODE, Graph
 from ktg.models import build_model
 from ktg.recipe import Recipe
+from ktg.run import RunHooks, RunSetup
 from ktg.run_state import RunState
-from ktg.trainer import train_graph
 from search.cli import build_spec
 from search.commands import add_spec_flags
 from search.space import KD_TEMPERATURE, sample_graph, space_size, teacher_kd_graphs
 from search.spec import SearchSpec
 from search.teachers import teacher_files, teacher_misfits, with_teacher_files
-from tests.api_fixtures import ALICE, app_fixture, app_settings_fixture, client_fixture  # noqa: F401
+from tests import api_fixtures
+from tests.api_fixtures import ALICE, app_fixture, client_fixture  # noqa: F401
 from tests.postgres import postgres_url  # noqa: F401
 from tests.search_helpers import brute_force_space, ktg_env, load, run_ktg
 
@@ -196,7 +199,7 @@ def test_ktg_search_refuses_a_misfit_teacher_in_one_line_and_leaves_nothing(tmp_
 
 def test_a_teacher_trains_nothing_and_stays_out_of_the_run_state(tmp_path: Path, digits_val_data: ImageData,
                                                                  cpu_accel: Accel) -> None:
-    """What a trial runs (``search.tune.trial``): the drawn graph, its teachers' files, train_graph."""
+    """What a trial runs (``search.tune.trial``): the drawn graph, its teachers' files, RunSetup.train."""
     path = save_teacher(tmp_path / "big.pt")
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     spec = spec_with("big.pt")
@@ -204,8 +207,8 @@ def test_a_teacher_trains_nothing_and_stays_out_of_the_run_state(tmp_path: Path,
                                       "temperature_2_1": 4.0}), spec)
     graph = with_teacher_files(Graph.from_dict(raw).training_graph(TARGET_NODE), teacher_files(spec, tmp_path))
     states: list[RunState] = []
-    result = train_graph(graph, digits_val_data, recipe=Recipe(epochs=1, batch_size=64), seed=0, accel=cpu_accel,
-                         evaluate_test=False, on_state=states.append)
+    result = RunSetup(digits_val_data, cpu_accel).train(graph, Recipe(epochs=1, batch_size=64), seed=0,
+                                                        evaluate_test=False, hooks=RunHooks(on_state=states.append))
     saved = torch.load(path, weights_only=True)
     after = result.models[2].state_dict()
     assert set(after) == set(saved) and all(torch.equal(after[k], saved[k]) for k in saved)  # BatchNorm buffers too
@@ -227,8 +230,16 @@ def test_a_teacher_checkpoint_outside_the_datasets_folder_is_422(client: TestCli
         assert str(tmp_path) not in r.text
 
 
-@pytest.mark.skip(reason="ISSUE-14 MERGE: enable once api/routers/studies.py:_confined calls api.confine.confine; "
-                         "needs KTG_DATASETS_DIR in the app settings")
+@pytest.fixture(scope="module", name="app_settings")
+def app_settings_fixture(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:  # noqa: F811
+    """The shared API settings with a datasets folder holding Alice's 3-channel teacher."""
+    datasets = tmp_path_factory.mktemp("datasets")
+    (datasets / "tenants" / "alice").mkdir(parents=True)
+    save_teacher(datasets / "tenants" / "alice" / "c3.pt", channels=3)
+    settings = api_fixtures.app_settings_fixture.__wrapped__(postgres_url, tmp_path_factory)  # type: ignore[attr-defined]
+    return dataclasses.replace(settings, datasets_dir=datasets.resolve())
+
+
 def test_a_misfit_teacher_inside_the_datasets_folder_is_422_naming_it(client: TestClient) -> None:
     body = {"name": "misfit", "nodes": 2, "trials": 1,
             "teachers": [{"name": "big", "model": "resnet20", "checkpoint": "tenants/alice/c3.pt"}]}
