@@ -80,9 +80,13 @@ def test_the_driver_and_the_api_do_not_import_torch() -> None:
     assert proc.stdout.split() == [word for name in TORCH_FREE for word in (name, "False")]
 
 
+# What a search is: the spec, and its given teachers checked against its data.
+SPEC_MODULES = {"search.spec", "search.teachers"}
+
+
 def test_the_api_needs_only_the_spec_and_the_study_store_of_search() -> None:
-    """``api/`` reads what a search is (``search.spec``) and what it recorded (``search.study``);
-    the Ray Tune runtime and ``ktg compare`` are the job's business, never the service's."""
+    """``api/`` reads what a search is (the spec) and what it recorded (``search.study``); the
+    Ray Tune runtime and ``ktg compare`` are the job's business, never the service's."""
     used = {module for path in sorted((ROOT / "api").rglob("*.py"))
             for _, module in imported_modules(ast.parse(path.read_text(), str(path))) if module.startswith("search")}
-    assert used and all(m == "search.spec" or m == "search.study" or m.startswith("search.study.") for m in used), used
+    assert used and all(m in SPEC_MODULES or m == "search.study" or m.startswith("search.study.") for m in used), used
