@@ -67,7 +67,8 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         if field.is_required():
             default = "required unless in --spec-json"
         elif field.default_factory is not None:
-            default = "default " + ",".join(map(str, field.default_factory()))  # type: ignore[call-arg]
+            listed = ",".join(map(str, field.default_factory()))  # type: ignore[call-arg]
+            default = f"default {listed}" if listed else ""
         else:
             default = "" if field.default in (None, PydanticUndefined) else f"default {field.default}"
         text = (field.description or name.replace("_", " ")) + (f" ({default})" if default else "")
