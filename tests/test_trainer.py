@@ -171,7 +171,7 @@ def test_frozen_checkpoint_node_keeps_weights_and_batchnorm_buffers(
 
 def test_frozen_node_without_checkpoint_needs_a_teacher_cache(digits_data: ImageData) -> None:
     g = graph(2, edge(0, 1, "ce"), edge(2, 1, "kl"))
-    with pytest.raises(KtgError, match="must be pre-trained; run it through RunSetup.prepare"):
+    with pytest.raises(KtgError, match=r"must be pre-trained; run it through RunSetup\.prepare"):
         train(g, digits_data)
 
 
