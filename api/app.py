@@ -182,7 +182,8 @@ def create_app(settings: Settings) -> FastAPI:
     sessions = make_sessions(engine)
     jobs = RayJobs(settings.ray_address, timeout_s=settings.ray_timeout_s, token=settings.ray_token)
     lifecycle = StudyLifecycle(sessions=sessions, jobs=jobs, cache=StatusCache(jobs, settings.ray_status_ttl_s),
-                               studies_dir=settings.studies_dir, redact=Redactor(settings.storage))
+                               studies_dir=settings.studies_dir, redact=Redactor(settings.storage),
+                               max_running=settings.max_running_studies, storage_url=settings.storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

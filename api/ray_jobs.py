@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,8 @@ class StatusCache:
         self.jobs, self.ttl_s = jobs, ttl_s
         self._entries: dict[str, tuple[float, JobState | RayUnavailable | None]] = {}
         self._lock = threading.Lock()
+        # When Ray stopped answering (the first failed request since the last answer), else None.
+        self.unreachable_since: datetime | None = None
 
     def get(self, submission_id: str) -> JobState | None:
         now = time.monotonic()
@@ -210,8 +213,11 @@ class StatusCache:
         if entry is None or now - entry[0] >= self.ttl_s:
             try:
                 entry = (now, self.jobs.status(submission_id))
+                self.unreachable_since = None
             except RayUnavailable as exc:
                 entry = (now, exc)
+                if self.unreachable_since is None:
+                    self.unreachable_since = datetime.now(UTC)
             with self._lock:
                 self._entries[submission_id] = entry
         result = entry[1]

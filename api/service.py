@@ -3,8 +3,8 @@ cancelling through the lifecycle, and the reads of trials and best graphs.
 
 The routers take what they need through ``api.deps`` and turn the results (and
 the exceptions below) into answers; nothing here reads a request or ``app.state``.
-Reads of Optuna's own tables are ``search.study.queries``'; the best graphs are
-read through Optuna, the same way ``ktg export`` reads them.
+Reads of Optuna's own tables are ``search.study.queries``' (the best graphs with
+the query ``ktg export`` uses too).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import optuna
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,11 +22,11 @@ from api.lifecycle import StudyLifecycle, new_row, optuna_name
 from api.ray_jobs import RayJobs, RayUnavailable
 from api.schemas import BestGraph, EpochAcc, Readiness, TrialOut, TrialPage
 from api.status import PREFIX
-from ktg.errors import KtgError
+from api.tenant_text import tenant_text
 from search.spec import STUDY_NAME_PATTERN, SearchSpec
 from search.study.contract import TRIAL_ATTRS, StudyState, TrialAttr, TrialStateName, read_attr
-from search.study.queries import TrialRecord, list_trials, optuna_study_id
-from search.study.storage import best_trials, graph_of, load_study
+from search.study.queries import TrialRecord, list_trials, optuna_study_id, top_trials
+from search.study.storage import graph_of
 
 log = logging.getLogger("ktg.api")
 
@@ -82,7 +81,8 @@ def reread(session: Session, row: StudyRow) -> StudyRow:
 
 def create_study(session: Session, lifecycle: StudyLifecycle, studies_dir: Path, tenant: str,
                  spec: SearchSpec) -> StudyRow:
-    """Record the study and launch it as a Ray job; the row as it stands afterwards.
+    """Record the study and launch it as a Ray job, or leave it ``queued`` while the tenant
+    runs as many studies as its quota allows; the row as it stands afterwards.
 
     The same name twice for one tenant is ``NameTaken`` (never a second search).
     When Ray certainly did not get the job the row is removed again (``NotStarted``);
@@ -106,6 +106,12 @@ def create_study(session: Session, lifecycle: StudyLifecycle, studies_dir: Path,
         session.rollback()
         location = f"{PREFIX}/{find_study(session, tenant, spec.name) or row.id}"
         raise NameTaken(f"a study named {spec.name!r} already exists: {location}", location=location) from None
+    admitted = lifecycle.admit(tenant)  # first in first out: older waiting studies of the tenant go first
+    for older in admitted:
+        if older.id != row.id:
+            lifecycle.start_admitted_row(older)
+    if row.id not in {a.id for a in admitted}:
+        return reread(session, row)  # "queued": it starts when one of the tenant's studies ends
     try:
         lifecycle.submit(row)
     except RayUnavailable as exc:
@@ -125,26 +131,24 @@ def trial_page(session: Session, row: StudyRow, *, state: TrialStateName | None,
                offset: int) -> TrialPage:
     """One page of the study's trials, by number."""
     total, records = list_trials(session, row.optuna_name, state=state, limit=limit, offset=offset)
-    return TrialPage(items=[_trial_out(r) for r in records], total=total, limit=limit, offset=offset)
+    return TrialPage(items=[_trial_out(r, row.spec.get("data_dir")) for r in records], total=total, limit=limit, offset=offset)
 
 
-def _trial_out(record: TrialRecord) -> TrialOut:
+def _trial_out(record: TrialRecord, data_dir: str | None) -> TrialOut:
     """A trial record as clients see it; attributes of an unexpected type read as unknown."""
     attrs = {str(attr): read_attr(attr, record.attrs.get(attr)) for attr, rule in TRIAL_ATTRS.items()
              if rule.shown or attr == TrialAttr.GRAPH}
+    if attrs[TrialAttr.ERROR]:  # the exception's own words name server paths: the tenant reads its terms
+        attrs[TrialAttr.ERROR] = tenant_text(attrs[TrialAttr.ERROR], data_dir)
     return TrialOut(number=record.number, state=record.state, val_acc=record.value, started_at=record.started_at,
                     completed_at=record.completed_at, history=[EpochAcc(epoch=e, val_acc=v) for e, v in record.history],
                     **attrs)
 
 
-def best_graphs(storage: optuna.storages.BaseStorage, row: StudyRow, k: int) -> list[BestGraph]:
-    """Top-k full-budget COMPLETE trials as graph files (the same as ``ktg export``)."""
-    try:
-        study = load_study(row.optuna_name, storage)
-    except KtgError:
-        return []  # the search has not created its study yet
+def best_graphs(session: Session, row: StudyRow, k: int) -> list[BestGraph]:
+    """Top-k full-budget COMPLETE trials as graph files: one query, the rule ``ktg export`` uses."""
     return [BestGraph(rank=i, trial=t.number, val_acc=t.value, graph=graph_of(t, row.optuna_name).to_dict())
-            for i, t in enumerate(best_trials(study, k), start=1)]
+            for i, t in enumerate(top_trials(session, row.optuna_name, k), start=1)]
 
 
 def readiness(sessions: sessionmaker[Session], jobs: RayJobs) -> Readiness:

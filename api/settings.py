@@ -24,12 +24,17 @@ TOKENS_FILE_ENV = "KTG_API_TOKENS_FILE"
 MAX_BODY_ENV = "KTG_MAX_BODY_BYTES"
 DATA_DIR_ENV = "KTG_DATA_DIR"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+MAX_RUNNING_STUDIES_ENV = "KTG_MAX_RUNNING_STUDIES"
 
 # Every variable the service reads; the deployment files use exactly these.
-ENV_NAMES: tuple[str, ...] = (STORAGE_ENV, TOKENS_ENV, TOKENS_FILE_ENV, MAX_BODY_ENV, DATA_DIR_ENV, RAY_ADDRESS_ENV)
+ENV_NAMES: tuple[str, ...] = (STORAGE_ENV, TOKENS_ENV, TOKENS_FILE_ENV, MAX_BODY_ENV, DATA_DIR_ENV, RAY_ADDRESS_ENV,
+                             MAX_RUNNING_STUDIES_ENV)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_DATA_DIR = "./ktg-data"
+# Two searches per tenant at once: one tenant cannot fill the cluster, and a second
+# study does not wait for the first to end.
+DEFAULT_MAX_RUNNING_STUDIES = 2
 # A tenant becomes the prefix of its Optuna study names ("tenant.name"), whose
 # pattern starts with a letter or digit; hence the first character here.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -68,6 +73,8 @@ class Settings:
     # Timeout of one request to the Ray dashboard, so a hung cluster cannot hang the API.
     ray_timeout_s: float = 10.0
     db_pool_size: int = 10
+    # Studies of one tenant that Ray runs at once; the next ones wait as "queued", first in first out.
+    max_running_studies: int = DEFAULT_MAX_RUNNING_STUDIES
 
     @property
     def studies_dir(self) -> Path:
@@ -115,12 +122,17 @@ class Settings:
             max_body = 0
         if max_body < 1024:
             raise ConfigError(f"{MAX_BODY_ENV}: got {raw_body!r}; allowed: an integer >= 1024 (bytes)")
+        raw_running = env.get(MAX_RUNNING_STUDIES_ENV, str(DEFAULT_MAX_RUNNING_STUDIES))
+        if not raw_running.strip().isdigit() or int(raw_running) < 1:
+            raise ConfigError(f"{MAX_RUNNING_STUDIES_ENV}: got {raw_running!r}; allowed: an integer >= 1 "
+                              "(studies per tenant that run at once)")
         return cls(
             storage=normalise_storage(storage or env.get(STORAGE_ENV) or DEFAULT_STORAGE),
             tokens=tokens,
             data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser().resolve(),
             ray_address=env.get(RAY_ADDRESS_ENV) or None,
             max_body_bytes=max_body,
+            max_running_studies=int(raw_running),
         )
 
 

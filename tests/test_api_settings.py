@@ -14,7 +14,7 @@ from api.settings import ENV_NAMES, ConfigError, Settings, parse_tokens
 
 def test_env_names_are_the_deployment_contract() -> None:
     assert ENV_NAMES == ("KTG_STORAGE", "KTG_API_TOKENS", "KTG_API_TOKENS_FILE", "KTG_MAX_BODY_BYTES",
-                         "KTG_DATA_DIR", "RAY_ADDRESS")
+                         "KTG_DATA_DIR", "RAY_ADDRESS", "KTG_MAX_RUNNING_STUDIES")
 
 
 def test_tokens_from_env_and_file(tmp_path: Path) -> None:
@@ -36,6 +36,7 @@ def test_tokens_from_env_and_file(tmp_path: Path) -> None:
     ({"KTG_API_TOKENS": "a:tok,b:tok"}, "share a token"),
     ({"KTG_API_TOKENS_FILE": "/nonexistent/tokens"}, "KTG_API_TOKENS_FILE: cannot read /nonexistent/tokens"),
     ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_BODY_BYTES": "lots"}, "KTG_MAX_BODY_BYTES: got 'lots'"),
+    ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_RUNNING_STUDIES": "0"}, "KTG_MAX_RUNNING_STUDIES: got '0'"),
 ])
 def test_bad_configuration_is_one_line_naming_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError) as err:

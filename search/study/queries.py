@@ -8,7 +8,8 @@ database counts: a handful of indexed aggregate queries, a few milliseconds.
 
 The rules are ``search.study.contract``'s (which trials count is built from its
 ``UNCOUNTED`` table; "finished" is ``FINISHED_STATES``; "best" means full-budget
-COMPLETE trials with a graph), and ``tests/test_study_queries.py`` pins these
+COMPLETE trials with a finite value and a graph: ``top_trials``, which ``ktg
+export`` uses too), and ``tests/test_study_queries.py`` pins these
 reads to what Optuna's own API says about the same study. The table models are
 Optuna's own (``optuna.storages._rdb.models``): the schema Optuna migrates is
 the one read here, not a copy of it.
@@ -26,7 +27,7 @@ from typing import Any
 from optuna.storages._rdb import models as om
 from optuna.trial import TrialState
 from sqlalchemy import and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from search.study.contract import TRIAL_ATTRS, TRIAL_STATES, UNCOUNTED, TrialAttr, TrialStateName
 from search.study.storage import finished_in
@@ -100,6 +101,65 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     figures.best_complete_val_acc = by_state.get(TrialState.COMPLETE)
     figures.best_val_acc = max((v for v in by_state.values() if v is not None), default=None)
     return figures
+
+
+@dataclass(frozen=True)
+class RankedTrial:
+    """One of a study's best trials: what a graph file and its provenance need.
+
+    ``user_attrs`` holds the graph, seed and epochs (the attributes ``storage.graph_of`` reads).
+    """
+
+    number: int
+    value: float
+    user_attrs: dict[str, Any]
+
+
+_RANKED_ATTRS = (TrialAttr.GRAPH, TrialAttr.SEED, TrialAttr.EPOCHS)
+
+
+def top_trials(session: Session, study_name: str, k: int) -> list[RankedTrial]:
+    """The study's best ``k`` trials, in one query: COMPLETE (trained to the full budget),
+    a finite value and a graph; the best value first, ties by trial number.
+
+    The database sorts, with ``LIMIT k``: the cost does not grow with the trials' attributes,
+    and only the k winners' graphs leave the database.
+    """
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return []
+    trial, value = om.TrialModel, om.TrialValueModel
+    attrs = {key: aliased(om.TrialUserAttributeModel) for key in _RANKED_ATTRS}
+    query = (select(trial.number, value.value, *(a.value_json for a in attrs.values()))
+             .join(value, and_(value.trial_id == trial.trial_id, value.objective == 0))
+             .where(trial.study_id == study_id, trial.state == TrialState.COMPLETE, value.value_type == _FINITE))
+    for key, attr in attrs.items():
+        on = and_(attr.trial_id == trial.trial_id, attr.key == str(key))
+        query = query.join(attr, on) if key == TrialAttr.GRAPH else query.outerjoin(attr, on)
+    ranked = []
+    for number, val, *raw in session.execute(query.order_by(value.value.desc(), trial.number).limit(k)):
+        if val is None or not math.isfinite(val):
+            continue
+        user_attrs = {str(key): json.loads(text) for key, text in zip(_RANKED_ATTRS, raw, strict=True) if text}
+        ranked.append(RankedTrial(number=int(number), value=float(val), user_attrs=user_attrs))
+    return ranked
+
+
+def first_trial_error(session: Session, study_name: str) -> str | None:
+    """The error of the study's first failed trial that counts (skipped draws and re-queued ones do not)."""
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return None
+    trial, attr = om.TrialModel, om.TrialUserAttributeModel
+    raw = session.execute(select(attr.value_json).join(trial, trial.trial_id == attr.trial_id)
+                          .where(trial.study_id == study_id, trial.state == TrialState.FAIL, _counted(),
+                                 attr.key == str(TrialAttr.ERROR))
+                          .order_by(trial.number).limit(1)).scalar()
+    try:
+        error = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return str(error) if error else None
 
 
 def list_trials(session: Session, study_name: str, *, state: TrialStateName | None, limit: int,

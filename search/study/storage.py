@@ -16,14 +16,17 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from ktg.errors import KtgError, first_line
 from ktg.graph import Graph
 from search.study.contract import FINISHED_STATES, TRIAL_STATES, TrialAttr, counted
+
+if TYPE_CHECKING:
+    from search.study.queries import RankedTrial
 
 STORAGE_ENV = "KTG_STORAGE"
 DEFAULT_STORAGE = "sqlite:///ktg-studies.db"
@@ -106,14 +109,22 @@ def finished_count(study: optuna.Study) -> int:
     return finished_in(trial_counts(study))
 
 
-def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
-    """The top-k trials trained to the full budget (COMPLETE only), best first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and TrialAttr.GRAPH in t.user_attrs]
-    return sorted(done, key=lambda t: (-t.value, t.number))[:k]
+def best_trials(study: optuna.Study, k: int = 1) -> list[RankedTrial]:
+    """The top-k trials trained to the full budget, best first: ``search.study.queries.top_trials``'s
+    rule and query (the service's ``/best`` reads the same), on the study's database."""
+    from sqlalchemy.orm import Session
+
+    # Imported here: queries builds on this module's counting rules.
+    from search.study.queries import top_trials
+
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        raise KtgError("storage: the best trials are read from a database storage (sqlite:// or postgresql://)")
+    with Session(storage.engine) as session:
+        return top_trials(session, study.study_name, k)
 
 
-def graph_of(trial: FrozenTrial, study_name: str) -> Graph:
+def graph_of(trial: FrozenTrial | RankedTrial, study_name: str) -> Graph:
     """The trial's graph as a ``ktg-graph/1`` file with its provenance in ``meta``."""
     graph = Graph.from_dict(trial.user_attrs[TrialAttr.GRAPH])
     return graph.with_meta(study=study_name, trial=trial.number, val_acc=trial.value,
