@@ -44,7 +44,7 @@ from api.tenant_text import failure_cause, tenant_text
 from search.spec import SearchSpec
 from search.study.contract import ACTIVE_STUDY_STATES, FINISHED_STUDY_STATES
 from search.study.queries import first_trial_error, study_figures
-from search.study.resume import close_waiting_trials
+from search.study.resume import close_unfinished_trials
 from search.study.storage import open_storage
 
 log = logging.getLogger("ktg.api")
@@ -106,7 +106,7 @@ class StudyLifecycle:
     max_running: int = DEFAULT_MAX_RUNNING_STUDIES
     # The Optuna storage's URL, to close the trials a cancelled study's driver re-queued.
     storage_url: str | None = None
-    _admitting: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _admitting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @functools.cached_property
     def optuna_storage(self) -> optuna.storages.BaseStorage:
@@ -261,10 +261,11 @@ class StudyLifecycle:
 
     def _close_requeued(self, row: StudyRow) -> None:
         """A cancelled study's driver re-queued the graphs it was training (as after any
-        interruption): nothing will run them, so they end as skipped, not WAITING forever."""
+        interruption), or was killed before it could: nothing will run them, so they end
+        (skipped, interrupted), not WAITING or RUNNING forever."""
         if self.storage_url is None:
             return
-        closed = close_waiting_trials(self.optuna_storage, row.optuna_name, CANCELLED_BEFORE_RUN)
+        closed = close_unfinished_trials(self.optuna_storage, row.optuna_name, CANCELLED_BEFORE_RUN)
         if closed:
             log.info("study %s: closed %d re-queued trial(s) after the cancel", row.id, closed)
 

@@ -34,7 +34,7 @@ from api.tenant_text import MAX_CHARS, SERVER_PATH, failure_cause, tenant_text
 from search.spec import SearchSpec
 from search.study.contract import TrialAttr
 from search.study.queries import study_figures, top_trials
-from search.study.resume import close_waiting_trials
+from search.study.resume import close_unfinished_trials
 from search.study.storage import best_trials, open_storage
 from tests.api_fixtures import (  # noqa: F401
     ALICE,
@@ -164,15 +164,17 @@ def test_requeued_trials_of_a_cancelled_study_are_closed_and_not_counted(app_set
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={TrialAttr.GRAPH: GRAPH}))
     study.enqueue_trial({"x": 1}, user_attrs={TrialAttr.RETRY_OF: 0})
     study.enqueue_trial({"x": 2})
-    assert close_waiting_trials(storage, "alice.requeued", "cancelled") == 2
-    states = [t.state for t in study.get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
-    assert [t.user_attrs.get(TrialAttr.SKIPPED) for t in study.get_trials()] == [None, "cancelled", "cancelled"]
+    study.ask()  # takes the first queued one: RUNNING, its driver then killed
+    assert close_unfinished_trials(storage, "alice.requeued", "cancelled") == 2
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert [t.user_attrs.get(TrialAttr.INTERRUPTED) for t in trials] == [None, True, None]
+    assert [t.user_attrs.get(TrialAttr.SKIPPED) for t in trials] == [None, None, "cancelled"]
     with Session(storage.engine) as session:
         counts = study_figures(session, "alice.requeued").counts
-    assert counts["waiting"] == 0 and counts["fail"] == 0 and counts["complete"] == 1
-    assert close_waiting_trials(storage, "alice.requeued", "cancelled") == 0
-    assert close_waiting_trials(storage, "alice.no-such-study", "cancelled") == 0
+    assert counts == {"complete": 1, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
+    assert close_unfinished_trials(storage, "alice.requeued", "cancelled") == 0
+    assert close_unfinished_trials(storage, "alice.no-such-study", "cancelled") == 0
 
 
 def test_failure_texts_are_in_the_tenants_terms() -> None:

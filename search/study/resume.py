@@ -55,20 +55,23 @@ def interrupt_trial(storage: optuna.storages.BaseStorage, study_name: str, trial
         again.enqueue_trial(params, user_attrs={TrialAttr.RETRY_OF: number})
 
 
-def close_waiting_trials(storage: optuna.storages.BaseStorage, study_name: str, reason: str) -> int:
-    """End the study's WAITING trials as skipped FAIL trials (never trained, not counted); how many.
+def close_unfinished_trials(storage: optuna.storages.BaseStorage, study_name: str, reason: str) -> int:
+    """End what a stopped study left unfinished, as trials that do not count; how many.
 
-    For a study that will not run again (cancelled): the graphs its driver re-queued
-    would otherwise stay WAITING forever.
+    For a study that will not run again (cancelled, its driver gone): the graphs its
+    driver re-queued (WAITING) end FAIL + skipped (``reason``: never trained); a trial
+    still RUNNING lost its driver before it could say so, and ends FAIL + interrupted.
     """
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return 0
     closed = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        attr, value = ((TrialAttr.SKIPPED, reason) if trial.state == TrialState.WAITING
+                       else (TrialAttr.INTERRUPTED, True))
         try:
-            storage.set_trial_user_attr(trial._trial_id, TrialAttr.SKIPPED, reason)
+            storage.set_trial_user_attr(trial._trial_id, attr, value)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # ended meanwhile
