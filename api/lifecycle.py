@@ -312,6 +312,7 @@ class StudyLifecycle:
                 self._reconcile(row)
             except RayUnavailable as exc:
                 log.warning("reconcile: Ray not reachable (%s)", exc)
+                self.cache.saw_ray(False)
                 return
             except Exception:  # one bad row must not stop the others
                 log.exception("reconcile: study %s", row.id)

@@ -213,17 +213,23 @@ class StatusCache:
         if entry is None or now - entry[0] >= self.ttl_s:
             try:
                 entry = (now, self.jobs.status(submission_id))
-                self.unreachable_since = None
+                self.saw_ray(True)
             except RayUnavailable as exc:
                 entry = (now, exc)
-                if self.unreachable_since is None:
-                    self.unreachable_since = datetime.now(UTC)
+                self.saw_ray(False)
             with self._lock:
                 self._entries[submission_id] = entry
         result = entry[1]
         if isinstance(result, RayUnavailable):  # a fresh exception: the cached one is shared across threads
             raise RayUnavailable(str(result), ambiguous=result.ambiguous)
         return result
+
+    def saw_ray(self, answered: bool) -> None:
+        """Record whether Ray just answered (status reads here, and the reconciler's own calls)."""
+        if answered:
+            self.unreachable_since = None
+        elif self.unreachable_since is None:
+            self.unreachable_since = datetime.now(UTC)
 
     def forget(self, submission_id: str) -> None:
         with self._lock:
