@@ -40,5 +40,6 @@ def _private_token() -> None:
         return
     if os.environ.get(AUTH_TOKEN_ENV) or os.environ.get(AUTH_TOKEN_PATH_ENV):
         return
-    os.environ[AUTH_MODE_ENV] = "token"
+    # Only the token: ray.init itself turns token mode on for a new local cluster (and
+    # refreshes its cached configuration, which a variable set here after `import ray` would miss).
     os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)

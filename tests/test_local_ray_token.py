@@ -5,8 +5,10 @@ Ray token behind that other users of the machine could read (Ray would write
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,11 +25,15 @@ ray.shutdown()
 
 
 def test_a_local_ray_writes_no_token_file(tmp_path: Path) -> None:
-    home, ray_tmp = tmp_path / "home", tmp_path / "ray"
+    home = tmp_path / "home"
     home.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ktg-t-"))  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env |= {"HOME": str(home), "RAY_TMPDIR": str(ray_tmp)}
-    run = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        run = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert run.returncode == 0, run.stderr[-3000:]
     token = home / ".ray" / "auth_token"
     assert not token.exists() or token.stat().st_mode & 0o077 == 0, oct(token.stat().st_mode)
