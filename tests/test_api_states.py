@@ -33,7 +33,7 @@ from api.settings import Settings
 from api.tenant_text import MAX_CHARS, SERVER_PATH, failure_cause, tenant_text
 from search.spec import SearchSpec
 from search.study.contract import TrialAttr
-from search.study.queries import study_figures, top_trials
+from search.study.queries import first_trial_error, study_figures, top_trials
 from search.study.resume import close_unfinished_trials
 from search.study.storage import best_trials, open_storage
 from tests.api_fixtures import (  # noqa: F401
@@ -48,7 +48,7 @@ from tests.postgres import postgres_url  # noqa: F401
 
 
 @pytest.fixture(name="retired", autouse=True)
-def retired_fixture(app: FastAPI) -> Iterator[None]:
+def retired_fixture(client: TestClient, app: FastAPI) -> Iterator[None]:
     """The PostgreSQL server is shared by the session: leave no study active for the
     servers of later modules to admit, submit or count against a tenant's quota."""
     yield
@@ -175,6 +175,17 @@ def test_requeued_trials_of_a_cancelled_study_are_closed_and_not_counted(app_set
     assert counts == {"complete": 1, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
     assert close_unfinished_trials(storage, "alice.requeued", "cancelled") == 0
     assert close_unfinished_trials(storage, "alice.no-such-study", "cancelled") == 0
+
+
+def test_the_first_counted_failure_names_a_study_that_trained_nothing(app_settings: Settings) -> None:
+    storage = open_storage(app_settings.storage)
+    study = optuna.create_study(study_name="alice.untrained", storage=storage, direction="maximize")
+    for attrs in ({TrialAttr.SKIPPED: "untrainable draw"}, {TrialAttr.INTERRUPTED: True, TrialAttr.ERROR: "lost"},
+                  {TrialAttr.ERROR: "MemoryError: out of memory"}, {TrialAttr.ERROR: "NonFiniteLoss: NaN"}):
+        study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=attrs))
+    with Session(storage.engine) as session:
+        assert first_trial_error(session, "alice.untrained") == "MemoryError: out of memory"
+        assert first_trial_error(session, "alice.no-such-study") is None
 
 
 def test_failure_texts_are_in_the_tenants_terms() -> None:

@@ -150,7 +150,8 @@ def first_trial_error(session: Session, study_name: str) -> str | None:
     study_id = optuna_study_id(session, study_name)
     if study_id is None:
         return None
-    trial, attr = om.TrialModel, om.TrialUserAttributeModel
+    # Aliased: _counted() looks up the same table in a subquery correlated on the trial only.
+    trial, attr = om.TrialModel, aliased(om.TrialUserAttributeModel)
     raw = session.execute(select(attr.value_json).join(trial, trial.trial_id == attr.trial_id)
                           .where(trial.study_id == study_id, trial.state == TrialState.FAIL, _counted(),
                                  attr.key == str(TrialAttr.ERROR))
