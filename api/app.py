@@ -219,7 +219,8 @@ def create_app(settings: Settings) -> FastAPI:
     jobs = RayJobs(settings.ray_address, timeout_s=settings.ray_timeout_s, token=settings.ray_token)
     lifecycle = StudyLifecycle(sessions=sessions, jobs=jobs, cache=StatusCache(jobs, settings.ray_status_ttl_s),
                                studies_dir=settings.studies_dir, redact=Redactor(settings.storage),
-                               data_path=lambda tenant, path: confine(settings.datasets_dir, tenant, path, "data_dir"))
+                               data_path=lambda tenant, path: confine(settings.datasets_dir, tenant, path, "data_dir"),
+                               max_running=settings.max_running_studies, storage_url=settings.storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,4 +1,4 @@
-"""The API floor's ``ktg`` subcommand, ``serve``.
+"""The API floor's ``ktg`` subcommands: ``serve``, and ``admin`` (``api.admin``).
 
 A ``ktg.commands`` entry point (pyproject.toml): the engine's CLI finds it there
 and never imports this floor. The server and its dependencies are imported
@@ -27,3 +27,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(host=args.host, port=args.port, storage=args.storage)
     return 0
+
+
+def add_admin_command(sub: Subcommands) -> None:
+    from api.admin import add_admin_command as add
+
+    add(sub)

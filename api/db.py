@@ -37,9 +37,18 @@ from sqlalchemy.types import TypeDecorator
 
 from search.study.storage import sqlalchemy_url
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _add_admitted_at(conn: Connection) -> None:
+    """Version 2: studies wait for a slot of their tenant's quota (``admitted_at``); every
+    study already submitted holds one."""
+    conn.execute(text("ALTER TABLE ktg_api_studies ADD COLUMN admitted_at TIMESTAMP WITH TIME ZONE"))
+    conn.execute(text("UPDATE ktg_api_studies SET admitted_at = submitted_at WHERE submitted_at IS NOT NULL"))
+
+
 # migration i (0-based) takes the schema from version i+1 to i+2; append, never edit.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = ()
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_add_admitted_at,)
 # Arbitrary constant naming the "migrating the ktg registry" advisory lock.
 _MIGRATION_LOCK = 0x6B7467  # "ktg"
 
@@ -91,6 +100,9 @@ class StudyRow(Base):
     # second search); job_id is Ray's own id, known once the job was accepted.
     submission_id: Mapped[str] = mapped_column(String(64), unique=True)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the study got one of its tenant's KTG_MAX_RUNNING_STUDIES slots; until then
+    # it waits as "queued" and Ray never hears of it (api.lifecycle.StudyLifecycle.admit).
+    admitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ray_job_id: Mapped[str | None] = mapped_column(String(64))
     job_status: Mapped[str | None] = mapped_column(String(16))  # last Ray JobStatus seen
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

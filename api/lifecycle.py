@@ -14,16 +14,19 @@ a slow status refresh can never overwrite a cancellation that landed meanwhile.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, or_, select, update
+import optuna
+from sqlalchemy import CursorResult, Result, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import StudyRow, utcnow
@@ -36,8 +39,13 @@ from api.ray_jobs import (
     StatusCache,
     search_entrypoint,
 )
+from api.settings import DEFAULT_MAX_RUNNING_STUDIES, MAX_RUNNING_STUDIES_ENV
+from api.tenant_text import failure_cause, tenant_text
 from search.spec import SearchSpec
 from search.study.contract import ACTIVE_STUDY_STATES, FINISHED_STUDY_STATES
+from search.study.queries import first_trial_error, study_figures
+from search.study.resume import close_unfinished_trials
+from search.study.storage import open_storage
 
 log = logging.getLogger("ktg.api")
 
@@ -45,6 +53,9 @@ log = logging.getLogger("ktg.api")
 # or after the row was rolled back, names the same Ray submission id, so Ray
 # itself refuses a second search.
 _ID_NAMESPACE = uuid.UUID("3f6c2a52-2f8e-4c55-9d8e-6b7467000001")
+# Arbitrary constant naming the "admitting a tenant's studies" advisory locks (with the tenant's crc32).
+_ADMISSION_LOCK = 0x6B7461  # "kta"
+CANCELLED_BEFORE_RUN = "the study was cancelled before this re-queued trial ran"
 
 
 def _rowcount(result: Result[Any]) -> int:
@@ -95,6 +106,64 @@ class StudyLifecycle:
     # (tenant, data_dir as the tenant wrote it) -> the folder the job reads (api.confine): the
     # row keeps the tenant's words, the job gets the path, checked again at each launch.
     data_path: Callable[[str, str], Path] | None = None
+    max_running: int = DEFAULT_MAX_RUNNING_STUDIES
+    # The Optuna storage's URL, to close the trials a cancelled study's driver re-queued.
+    storage_url: str | None = None
+    _admitting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @functools.cached_property
+    def optuna_storage(self) -> optuna.storages.BaseStorage:
+        if self.storage_url is None:
+            raise RuntimeError("StudyLifecycle.storage_url is not set")
+        return open_storage(self.storage_url)
+
+    # -- admitting (the tenant's quota of running studies) ---------------------------
+    def admit(self, tenant: str) -> list[StudyRow]:
+        """Give the tenant's oldest waiting studies the slots its quota has free; return them.
+
+        A slot is held by every active study admitted before. Admissions of one tenant
+        are serialised (a PostgreSQL advisory lock across API replicas, a lock within
+        this process), so two replicas never both take the last slot; each admission is
+        a compare-and-set on the row, so a study cancelled meanwhile is never admitted.
+        """
+        with self._admitting, self.sessions.begin() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:key, :tenant)"),
+                                {"key": _ADMISSION_LOCK, "tenant": zlib.crc32(tenant.encode()) - 2**31})
+            holding = session.execute(select(func.count()).select_from(StudyRow).where(
+                StudyRow.tenant == tenant, StudyRow.state.in_(ACTIVE_STUDY_STATES),
+                StudyRow.admitted_at.is_not(None))).scalar() or 0
+            waiting = _waiting(tenant)
+            candidates = session.scalars(select(StudyRow).where(*waiting)
+                                         .order_by(StudyRow.created_at, StudyRow.id)
+                                         .limit(max(0, self.max_running - holding))).all()
+            admitted = []
+            now = utcnow()
+            for row in candidates:
+                if _rowcount(session.execute(update(StudyRow).where(StudyRow.id == row.id, *waiting)
+                                             .values(admitted_at=now, updated_at=now, message=None))):
+                    admitted.append(row)
+            session.execute(update(StudyRow).where(*waiting, StudyRow.message.is_(None))
+                            .values(message=self.waiting_message()))
+        for row in admitted:
+            log.info("study %s of %s: admitted", row.id, tenant)
+        return admitted
+
+    def waiting_message(self) -> str:
+        return (f"waiting: this tenant already runs {self.max_running} studies ({MAX_RUNNING_STUDIES_ENV}); "
+                "it starts when one of them ends, in the order the studies were created")
+
+    def start_admitted(self, tenant: str) -> None:
+        """Admit what the tenant's quota allows and submit it."""
+        for row in self.admit(tenant):
+            self.start_admitted_row(row)
+
+    def start_admitted_row(self, row: StudyRow) -> None:
+        """Submit an admitted study; what Ray does not take now, the reconciler submits later."""
+        try:
+            self.submit(row)
+        except RayUnavailable as exc:
+            log.warning("study %s: admitted, not submitted yet (%s); the reconciler will", row.id, exc)
 
     # -- launching ---------------------------------------------------------------
     def submit(self, row: StudyRow) -> None:
@@ -109,7 +178,8 @@ class StudyLifecycle:
         self.cache.forget(row.submission_id)
         with self.sessions.begin() as session:
             session.execute(update(StudyRow).where(StudyRow.id == row.id, StudyRow.submitted_at.is_(None))
-                            .values(submitted_at=utcnow(), updated_at=utcnow()))
+                            .values(submitted_at=utcnow(), updated_at=utcnow(),
+                                    admitted_at=func.coalesce(StudyRow.admitted_at, utcnow())))
         log.info("study %s: job %s", row.id, "submitted" if created else "already known to Ray")
 
     # -- following -----------------------------------------------------------------
@@ -126,6 +196,12 @@ class StudyLifecycle:
             return row  # lost by Ray (or not there yet): the reconciler submits it again
         return self._apply(row, job)
 
+    def ray_silent_since(self, row: StudyRow) -> datetime | None:
+        """Since when Ray has not answered, for a study whose state only Ray can tell (else None)."""
+        if not self._may_change(row) or row.submitted_at is None:
+            return None
+        return self.cache.unreachable_since
+
     @staticmethod
     def _may_change(row: StudyRow) -> bool:
         return row.state in ACTIVE_STUDY_STATES or (row.state == "cancelled" and row.job_status not in TERMINAL_JOB_STATUSES)
@@ -137,12 +213,21 @@ class StudyLifecycle:
         if job.job_id and job.job_id != row.ray_job_id:
             values["ray_job_id"] = job.job_id
         new_state = row.state if row.state in FINISHED_STUDY_STATES else STATE_OF_JOB_STATUS.get(job.status, row.state)
+        if new_state == "succeeded":
+            # The job ran to its end; the study succeeded only if some trial trained.
+            untrained = self._untrained_message(row)
+            if untrained is not None:
+                new_state, values["message"] = "failed", untrained
+        elif new_state == "failed":
+            values["message"] = self._failure_message(row, job)
         if new_state != row.state:
             values["state"] = new_state
             if new_state in FINISHED_STUDY_STATES:
                 values["finished_at"] = utcnow()
-            if new_state == "failed":
-                values["message"] = self._failure_message(row, job)
+        else:
+            values.pop("message", None)
+        if row.state == "cancelled" and job.status in TERMINAL_JOB_STATUSES and row.job_status not in TERMINAL_JOB_STATUSES:
+            self._close_requeued(row)  # before the row says "stopped": a failure here is retried
         if not values:
             return row
         values["updated_at"] = utcnow()
@@ -152,15 +237,43 @@ class StudyLifecycle:
             fresh = session.get(StudyRow, row.id)
         if not done:
             log.info("study %s changed meanwhile; kept the newer state", row.id)
+        elif new_state in FINISHED_STUDY_STATES and row.state in ACTIVE_STUDY_STATES:
+            self.start_admitted(row.tenant)  # its slot is free: the tenant's next study starts
         return fresh if fresh is not None else row
 
     def _failure_message(self, row: StudyRow, job: JobState) -> str:
+        """One line in the tenant's terms; the job's whole story goes to the service log."""
         try:
-            tail = self.jobs.logs_tail(row.submission_id)
+            tail = self.jobs.logs_tail(row.submission_id, lines=200)
         except RayUnavailable:
             tail = ""
-        text = (job.message or "the search job failed") + (f"\n{tail}" if tail else "")
-        return self.redact(text)[-4000:]
+        log.warning("study %s failed: %s\n%s", row.id, self.redact(job.message or ""), self.redact(tail))
+        cause = failure_cause(self.redact(tail))
+        if cause is None:
+            return f"the search job failed; the operator's service log has the details (study {row.id})"
+        return tenant_text(cause, row.spec.get("data_dir"))
+
+    def _untrained_message(self, row: StudyRow) -> str | None:
+        """Why a study whose job succeeded has still failed: no trial trained (else None)."""
+        with self.sessions() as session:
+            counts = study_figures(session, row.optuna_name).counts
+            if counts["complete"] + counts["pruned"] > 0:
+                return None
+            error = first_trial_error(session, row.optuna_name)
+        log.warning("study %s: no trial trained; first error: %s", row.id, error)
+        if error is None:
+            return "no trial trained successfully"
+        return tenant_text(f"no trial trained successfully; the first failed with: {error}", row.spec.get("data_dir"))
+
+    def _close_requeued(self, row: StudyRow) -> None:
+        """A cancelled study's driver re-queued the graphs it was training (as after any
+        interruption), or was killed before it could: nothing will run them, so they end
+        (skipped, interrupted), not WAITING or RUNNING forever."""
+        if self.storage_url is None:
+            return
+        closed = close_unfinished_trials(self.optuna_storage, row.optuna_name, CANCELLED_BEFORE_RUN)
+        if closed:
+            log.info("study %s: closed %d re-queued trial(s) after the cancel", row.id, closed)
 
     # -- cancelling ------------------------------------------------------------------
     def cancel(self, row: StudyRow) -> bool:
@@ -175,17 +288,25 @@ class StudyLifecycle:
                 update(StudyRow).where(StudyRow.id == row.id, StudyRow.state.in_(ACTIVE_STUDY_STATES))
                 .values(state="cancelled", cancel_requested_at=now, finished_at=now, updated_at=now)))
         self.cache.forget(row.submission_id)
-        if cancelled or row.state == "cancelled":
+        never_admitted = row.admitted_at is None and row.submitted_at is None
+        if (cancelled or row.state == "cancelled") and not never_admitted:
             try:
                 self.jobs.stop(row.submission_id)
             except RayUnavailable as exc:
                 log.warning("study %s: cancel recorded, Ray not reachable (%s); the reconciler will stop it",
                             row.id, exc)
+        if cancelled:
+            self.start_admitted(row.tenant)
         return bool(cancelled)
 
     # -- reconciling -----------------------------------------------------------------
     def reconcile_once(self) -> None:
-        """Compare every study Ray may still change with Ray, and act."""
+        """Admit what the tenants' quotas allow, compare every study Ray may still change with Ray, and act."""
+        with self.sessions() as session:
+            tenants = session.scalars(select(StudyRow.tenant).where(StudyRow.state == "queued",
+                                                                    StudyRow.admitted_at.is_(None)).distinct()).all()
+        for tenant in tenants:
+            self.admit(tenant)
         with self.sessions() as session:
             rows = session.scalars(select(StudyRow).where(or_(
                 StudyRow.state.in_(ACTIVE_STUDY_STATES),
@@ -197,11 +318,14 @@ class StudyLifecycle:
                 self._reconcile(row)
             except RayUnavailable as exc:
                 log.warning("reconcile: Ray not reachable (%s)", exc)
+                self.cache.saw_ray(False)
                 return
             except Exception:  # one bad row must not stop the others
                 log.exception("reconcile: study %s", row.id)
 
     def _reconcile(self, row: StudyRow) -> None:
+        if row.submitted_at is None and row.admitted_at is None and row.state != "cancelled":
+            return  # waits for a slot of its tenant's quota
         if row.state == "cancelled":
             job = self.jobs.status(row.submission_id)
             if job is None or job.status in TERMINAL_JOB_STATUSES:
@@ -239,6 +363,11 @@ class Reconciler:
             except Exception:  # the database may be down for a while: try again later
                 log.exception("reconcile failed")
             self._stop.wait(self.interval_s)
+
+
+def _waiting(tenant: str) -> tuple[Any, ...]:
+    """The tenant's studies that wait for a slot (the WHERE clause, for selects and compare-and-set)."""
+    return StudyRow.tenant == tenant, StudyRow.state == "queued", StudyRow.admitted_at.is_(None)
 
 
 def new_row(tenant: str, spec: SearchSpec, studies_dir: Path) -> StudyRow:

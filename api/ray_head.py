@@ -97,12 +97,28 @@ def _auth_token(data_dir: Path) -> Path:
     return path
 
 
+# Ray puts its Unix sockets at <temp dir>/session_<date>_<time>_<pid>/sockets/plasma_store:
+# about 70 bytes after the temp dir, of the 107 a socket path may have.
+MAX_TEMP_DIR_CHARS = 36
+
+
 def _temp_dir(data_dir: Path) -> Path:
-    """Ray's session folder for this head: short (Unix socket paths are limited to
-    107 bytes) and not the default /tmp/ray, whose ``ray_current_cluster`` would
-    make any ``ray.init()`` on this machine join our head."""
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"ktg-ray-{digest}"
+    """Ray's temp folder for this head, inside a folder only the service's user may enter.
+
+    Ray makes its own folders 0777 (so that several users can share one); the
+    private folder around them (0700) keeps everyone else out of the session: its
+    sockets, its logs (job drivers' logs hold specs), its metrics files. It is
+    ``<data dir>/ray`` when that is short enough for Ray's socket paths, else a fresh
+    folder of an unpredictable name in the system's temp folder. It is never the
+    default /tmp/ray either, whose ``ray_current_cluster`` would make any
+    ``ray.init()`` on this machine join our head.
+    """
+    private = data_dir.resolve() / "ray"
+    if len(str(private / "r")) > MAX_TEMP_DIR_CHARS:
+        private = Path(tempfile.mkdtemp(prefix="ktg-ray-"))  # 0700, a random name
+    private.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(private, 0o700)
+    return private / "r"
 
 
 def read_head(data_dir: Path) -> LocalHead | None:
@@ -160,10 +176,20 @@ def _start_head(data_dir: Path, storage: str, fingerprint: str, start_timeout_s:
     env[STORAGE_ENV] = storage
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # A single-node head on loopback: Ray turns --node-ip-address 127.0.0.1 into the
+    # machine's address (and then binds its metrics servers to every interface) unless
+    # this, Ray's "no multi-node cluster" switch, is off; then the node's address is
+    # 127.0.0.1 and the metrics export, dashboard and autoscaler metrics ports, and the
+    # client server listen on loopback only.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     log_path = data_dir / "ray-head.log"
-    with open(log_path, "ab") as log:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(log_fd, 0o600)
+    with os.fdopen(log_fd, "ab") as log:
+        # umask 077: every file the head's processes write (their logs, the job drivers'
+        # logs with each study's spec, checkpoints) is the service user's alone.
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True, close_fds=True)
+                                   env=env, start_new_session=True, close_fds=True, umask=0o077)
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     if not wait_until(lambda: _dashboard_answers(dashboard_url, token, timeout_s=1.0), start_timeout_s,
                       give_up=lambda: process.poll() is not None):
@@ -173,7 +199,7 @@ def _start_head(data_dir: Path, storage: str, fingerprint: str, start_timeout_s:
         raise HeadError(f"the local Ray head did not answer within {start_timeout_s:.0f} s; see {log_path}")
     head = LocalHead(pid=process.pid, dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{gcs_port}",
                      storage_sha256=fingerprint, temp_dir=str(temp_dir), token_path=str(token_path))
-    atomic_write(data_dir / HEAD_STATE_FILE, head.to_json())
+    atomic_write(data_dir / HEAD_STATE_FILE, head.to_json(), mode=0o600)
     return head
 
 

@@ -23,6 +23,7 @@ import shlex
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,8 @@ class StatusCache:
     def __init__(self, jobs: RayJobs, ttl_s: float) -> None:
         self.jobs, self.ttl_s = jobs, ttl_s
         self._cache: TtlCache[str, JobState | RayUnavailable | None] = TtlCache(ttl_s)
+        # When Ray stopped answering (the first failed request since the last answer), else None.
+        self.unreachable_since: datetime | None = None
 
     def get(self, submission_id: str) -> JobState | None:
         result = self._cache.get_or_compute(submission_id, lambda: self._read(submission_id))
@@ -210,9 +213,19 @@ class StatusCache:
 
     def _read(self, submission_id: str) -> JobState | RayUnavailable | None:
         try:
-            return self.jobs.status(submission_id)
+            state = self.jobs.status(submission_id)
         except RayUnavailable as exc:
+            self.saw_ray(False)
             return exc
+        self.saw_ray(True)
+        return state
+
+    def saw_ray(self, answered: bool) -> None:
+        """Record whether Ray just answered (status reads here, and the reconciler's own calls)."""
+        if answered:
+            self.unreachable_since = None
+        elif self.unreachable_since is None:
+            self.unreachable_since = datetime.now(UTC)
 
     def forget(self, submission_id: str) -> None:
         self._cache.forget(submission_id)

@@ -42,6 +42,8 @@ class RayJobOut(BaseModel):
     submission_id: str
     job_id: str | None = None
     status: str | None = Field(None, description="Last Ray JobStatus seen (PENDING, RUNNING, SUCCEEDED, ...)")
+    unreachable_since: datetime | None = Field(
+        None, description="Set while the Ray cluster does not answer: the state and trial counts are the last seen")
 
 
 class StudySummary(BaseModel):

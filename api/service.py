@@ -3,9 +3,8 @@ cancelling through the lifecycle, and the reads of trials and best graphs.
 
 The routers take what they need through ``api.deps`` and turn the results (and
 the exceptions below) into answers; nothing here reads a request or ``app.state``.
-Reads of Optuna's own tables are ``search.study.queries``'; the best graphs are
-ranked there and then read through Optuna, which turns them into graph files as
-``ktg export`` does.
+Reads of Optuna's own tables are ``search.study.queries``' (the best graphs with
+the query ``ktg export`` uses too).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import optuna
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +31,7 @@ from api.schemas import (
     TrialPage,
 )
 from api.status import PREFIX
+from api.tenant_text import tenant_text
 from search.spec import STUDY_NAME_PATTERN, SearchSpec
 from search.study.confirmation import confirmation_from_json
 from search.study.contract import (
@@ -48,12 +47,12 @@ from search.study.queries import (
     TrialOrder,
     TrialRecord,
     best_so_far,
-    best_trial_ids,
     epochs_reached,
     list_trials,
     optuna_study_id,
     study_attr,
     study_figures,
+    top_trials,
 )
 from search.study.storage import graph_of
 
@@ -110,7 +109,8 @@ def reread(session: Session, row: StudyRow) -> StudyRow:
 
 def create_study(session: Session, lifecycle: StudyLifecycle, studies_dir: Path, tenant: str,
                  spec: SearchSpec) -> StudyRow:
-    """Record the study and launch it as a Ray job; the row as it stands afterwards.
+    """Record the study and launch it as a Ray job, or leave it ``queued`` while the tenant
+    runs as many studies as its quota allows; the row as it stands afterwards.
 
     The same name twice for one tenant is ``NameTaken`` (never a second search).
     When Ray certainly did not get the job the row is removed again (``NotStarted``);
@@ -134,6 +134,12 @@ def create_study(session: Session, lifecycle: StudyLifecycle, studies_dir: Path,
         session.rollback()
         location = f"{PREFIX}/{find_study(session, tenant, spec.name) or row.id}"
         raise NameTaken(f"a study named {spec.name!r} already exists: {location}", location=location) from None
+    admitted = lifecycle.admit(tenant)  # first in first out: older waiting studies of the tenant go first
+    for older in admitted:
+        if older.id != row.id:
+            lifecycle.start_admitted_row(older)
+    if row.id not in {a.id for a in admitted}:
+        return reread(session, row)  # "queued": it starts when one of the tenant's studies ends
     try:
         lifecycle.submit(row)
     except RayUnavailable as exc:
@@ -153,13 +159,16 @@ def trial_page(session: Session, row: StudyRow, *, state: TrialStateName | None,
                offset: int, order: TrialOrder = "number") -> TrialPage:
     """One page of the study's trials, by number unless ``order`` says otherwise."""
     total, records = list_trials(session, row.optuna_name, state=state, limit=limit, offset=offset, order=order)
-    return TrialPage(items=[_trial_out(r) for r in records], total=total, limit=limit, offset=offset)
+    return TrialPage(items=[_trial_out(r, row.spec.get("data_dir")) for r in records], total=total, limit=limit,
+                     offset=offset)
 
 
-def _trial_out(record: TrialRecord) -> TrialOut:
+def _trial_out(record: TrialRecord, data_dir: str | None) -> TrialOut:
     """A trial record as clients see it; attributes of an unexpected type read as unknown."""
     attrs = {str(attr): read_attr(attr, record.attrs.get(attr)) for attr, rule in TRIAL_ATTRS.items()
              if rule.shown or attr == TrialAttr.GRAPH}
+    if attrs[TrialAttr.ERROR]:  # the exception's own words name server paths: the tenant reads its terms
+        attrs[TrialAttr.ERROR] = tenant_text(attrs[TrialAttr.ERROR], data_dir)
     return TrialOut(number=record.number, state=record.state, val_acc=record.value, started_at=record.started_at,
                     completed_at=record.completed_at, history=[EpochAcc(epoch=e, val_acc=v) for e, v in record.history],
                     **attrs)
@@ -185,16 +194,13 @@ def study_progress(session: Session, row: StudyRow) -> StudyProgress:
     )
 
 
-def best_graphs(storage: optuna.storages.BaseStorage, session: Session, row: StudyRow, k: int) -> list[BestGraph]:
-    """Top-k full-budget COMPLETE trials as graph files (the same as ``ktg export``).
-
-    The ranking is read in SQL and only those k trials through Optuna: loading every
-    trial to rank them took seconds on a 1,500-trial study, per graph on the study page.
-    """
+def best_graphs(session: Session, row: StudyRow, k: int) -> list[BestGraph]:
+    """Top-k full-budget COMPLETE trials as graph files: one query, the rule ``ktg export`` uses
+    (a confirmation stage's graphs first, by their mean)."""
     confirmation = confirmation_from_json(study_attr(session, row.optuna_name, STUDY_ATTR_CONFIRMATION))
     first = [g.trial for g in confirmation.graphs] if confirmation else []
-    trials = [storage.get_trial(trial_id) for trial_id in best_trial_ids(session, row.optuna_name, k, first=first)]
-    graphs = [graph_of(t, row.optuna_name, confirmation).to_dict() for t in trials]
+    graphs = [graph_of(t, row.optuna_name, confirmation).to_dict()
+              for t in top_trials(session, row.optuna_name, k, first=first)]
     return [BestGraph(rank=i, trial=g["meta"]["trial"], val_acc=g["meta"]["val_acc"], graph=g,
                       confirmation=g["meta"].get("confirmation")) for i, g in enumerate(graphs, start=1)]
 

@@ -27,10 +27,11 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 DATASETS_DIR_ENV = "KTG_DATASETS_DIR"
 MAX_TRIAL_EPOCHS_ENV = "KTG_MAX_TRIAL_EPOCHS"
 MAX_MODEL_PARAMS_ENV = "KTG_MAX_MODEL_PARAMS"
+MAX_RUNNING_STUDIES_ENV = "KTG_MAX_RUNNING_STUDIES"
 
 # Every variable the service reads; the deployment files use exactly these.
 ENV_NAMES: tuple[str, ...] = (STORAGE_ENV, TOKENS_ENV, TOKENS_FILE_ENV, MAX_BODY_ENV, DATA_DIR_ENV, RAY_ADDRESS_ENV,
-                              DATASETS_DIR_ENV, MAX_TRIAL_EPOCHS_ENV, MAX_MODEL_PARAMS_ENV)
+                              DATASETS_DIR_ENV, MAX_TRIAL_EPOCHS_ENV, MAX_MODEL_PARAMS_ENV, MAX_RUNNING_STUDIES_ENV)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 # Quotas per study (docs/security.md): the README's CIFAR-100 search (1,500 trials of 200 epochs)
@@ -38,6 +39,9 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_TRIAL_EPOCHS = 300_000
 DEFAULT_MAX_MODEL_PARAMS = 40_000_000
 DEFAULT_DATA_DIR = "./ktg-data"
+# Two searches per tenant at once: one tenant cannot fill the cluster, and a second
+# study does not wait for the first to end.
+DEFAULT_MAX_RUNNING_STUDIES = 2
 # A tenant becomes the prefix of its Optuna study names ("tenant.name"), whose
 # pattern starts with a letter or digit; hence the first character here.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -85,6 +89,8 @@ class Settings:
     # Timeout of one request to the Ray dashboard, so a hung cluster cannot hang the API.
     ray_timeout_s: float = 10.0
     db_pool_size: int = 10
+    # Studies of one tenant that Ray runs at once; the next ones wait as "queued", first in first out.
+    max_running_studies: int = DEFAULT_MAX_RUNNING_STUDIES
 
     @property
     def studies_dir(self) -> Path:
@@ -134,6 +140,8 @@ class Settings:
             datasets_dir=_datasets_dir(env.get(DATASETS_DIR_ENV)),
             max_trial_epochs=_count(env, MAX_TRIAL_EPOCHS_ENV, DEFAULT_MAX_TRIAL_EPOCHS, 1, "trials x epochs"),
             max_model_params=_count(env, MAX_MODEL_PARAMS_ENV, DEFAULT_MAX_MODEL_PARAMS, 1, "parameters"),
+            max_running_studies=_count(env, MAX_RUNNING_STUDIES_ENV, DEFAULT_MAX_RUNNING_STUDIES, 1,
+                                       "studies per tenant that run at once"),
         )
 
 

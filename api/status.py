@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,8 +38,15 @@ def summary(row: StudyRow) -> StudySummary:
                         updated_at=row.updated_at, finished_at=row.finished_at, links=links(row.id))
 
 
-def study_status(session: Session, row: StudyRow) -> StudyStatus:
-    """The full status of one study: its row + trial figures from the Optuna tables."""
+def study_status(session: Session, row: StudyRow, ray_silent_since: datetime | None = None) -> StudyStatus:
+    """The full status of one study: its row + trial figures from the Optuna tables.
+
+    ``ray_silent_since``: Ray has not answered since then, so the state is only the last one seen.
+    """
+    message = row.message
+    if ray_silent_since is not None:
+        message = (f"the Ray cluster has not answered since {ray_silent_since.isoformat(timespec='seconds')}; "
+                   f"the state shown is the last one seen")
     figures = study_figures(session, row.optuna_name)
     budget = int(row.spec.get("trials", 0)) or 1
     return StudyStatus(
@@ -51,8 +59,9 @@ def study_status(session: Session, row: StudyRow) -> StudyStatus:
         progress=min(1.0, figures.finished / budget),
         best_val_acc=figures.best_val_acc,
         best_complete_val_acc=figures.best_complete_val_acc,
-        message=row.message,
-        ray=RayJobOut(submission_id=row.submission_id, job_id=row.ray_job_id, status=row.job_status),
+        message=message,
+        ray=RayJobOut(submission_id=row.submission_id, job_id=row.ray_job_id, status=row.job_status,
+                      unreachable_since=ray_silent_since),
     )
 
 
@@ -100,7 +109,7 @@ class StatusReader:
             if row is None:
                 return None
             row = self.lifecycle.refresh(row)
-            body = study_status(session, row).model_dump_json().encode()
+            body = study_status(session, row, self.lifecycle.ray_silent_since(row)).model_dump_json().encode()
         entry = _Entry(tenant=row.tenant, body=body)
         self._cache.put(study_id, entry)
         return entry

@@ -15,7 +15,13 @@ the target is p99 < 50 ms. It also prints, side by side, one status
 read through ``search.study.storage.trial_counts`` (Optuna loads every trial) against
 the API's SQL aggregate (``search.study.queries.study_figures``), which is why the latter exists.
 
+With ``--best``, it measures instead the best-graph endpoints (``/best?k=1``,
+``/best/1.json``, ``/best/1.svg``) on a 1,000- and a 10,000-trial study side by side,
+against the way they were read before (every trial through Optuna), to show that
+their time does not grow with the study.
+
     python benchmarks/bench_api.py [--storage URL] [--clients 50] [--seconds 15]
+    python benchmarks/bench_api.py --best [--storage URL]
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,6 +128,70 @@ def compare_single_reads(storage_url: str, study_name: str, repeats: int = 5) ->
           f"(x{slow / fast:.0f})")
 
 
+BEST_SIZES = (1_000, 10_000)
+BEST_PATHS = ("/best?k=1", "/best/1.json", "/best/1.svg")
+
+
+def prepare_finished_study(storage_url: str, data_dir: Path, trials: int) -> tuple[str, str]:
+    """A finished study of ``trials`` trials (20 epochs each at most) and its registry row:
+    (study id, Optuna study name)."""
+    from api.db import init_schema, make_engine, make_sessions
+    from api.lifecycle import new_row
+    from search.spec import SearchSpec
+    from search.study.storage import open_storage
+    from tests.optuna_studies import fill_study
+
+    name = f"best-{trials}-{int(time.time())}"
+    started = time.perf_counter()
+    fill_study(open_storage(storage_url), f"bench.{name}", trials, epochs=20, seed=3, workers=8)
+    print(f"study: {trials} trials written in {time.perf_counter() - started:.1f} s")
+    engine = make_engine(storage_url)
+    init_schema(engine)
+    row = new_row("bench", SearchSpec(name=name, nodes=4, trials=trials, epochs=20), data_dir / "studies")
+    row.state = "succeeded"
+    with make_sessions(engine).begin() as session:
+        session.add(row)
+    engine.dispose()
+    return row.id, row.optuna_name
+
+
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e3
+
+
+def compare_best(storage_url: str, port: int, studies: dict[int, tuple[str, str]], repeats: int = 15) -> None:
+    """The best-graph endpoints over HTTP on each study, and the old read (every trial through Optuna)."""
+    import urllib.request
+
+    from search.study.storage import load_study, open_storage
+
+    storage = open_storage(storage_url)
+
+    def get(url: str) -> bytes:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return bytes(response.read())
+
+    def optuna_top(name: str) -> object:  # what /best did before: load every trial, sort in Python
+        trials = load_study(name, storage).get_trials(deepcopy=False)
+        return sorted((t for t in trials if t.state.name == "COMPLETE" and t.value is not None),
+                      key=lambda t: (-t.value, t.number))[:1]
+
+    header = f"{'median of ' + str(repeats) + ' (ms)':<34}" + "".join(f"{n:>12,} trials" for n in studies)
+    print(header)
+    for path in BEST_PATHS:
+        cells = [median_ms(lambda sid=sid, path=path: get(f"http://127.0.0.1:{port}/v1/studies/{sid}{path}"), repeats)
+                 for sid, _ in studies.values()]
+        print(f"{'GET ' + path:<34}" + "".join(f"{c:>19.1f}" for c in cells))
+    cells = [median_ms(lambda name=name: optuna_top(name), 3) for _, name in studies.values()]
+    print(f"{'before: top-1 through Optuna':<34}" + "".join(f"{c:>19.1f}" for c in cells))
+
+
 async def client_loop(port: int, path: str, stop_at: float, record_from: float, interval: float,
                       latencies: list[float], errors: list[str], answered: list[int]) -> None:
     """One keep-alive client: request, read the whole answer, wait out ``interval``
@@ -189,7 +259,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--trials", type=int, default=1500)
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between a paced client's requests")
+    parser.add_argument("--best", action="store_true", help="measure the best-graph endpoints instead")
     args = parser.parse_args()
+    if args.best:
+        return main_best(args.storage)
 
     data_dir = Path(tempfile.mkdtemp(prefix="ktg-bench-api-"))
     with contextlib.ExitStack() as stack:  # left in reverse: the server, the folder, the database
@@ -209,6 +282,19 @@ def main() -> int:
                                                            interval))
             cpu = (cpu_seconds(server.pid) - cpu_before) / max(1, answered)
             report(label, latencies, errors, args.seconds, cpu)
+    return 0
+
+
+def main_best(storage: str | None) -> int:
+    data_dir = Path(tempfile.mkdtemp(prefix="ktg-bench-best-"))
+    with contextlib.ExitStack() as stack:
+        storage_url = storage or stack.enter_context(throwaway_postgres())
+        stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
+        studies = {n: prepare_finished_study(storage_url, data_dir, n) for n in BEST_SIZES}
+        port, _ = stack.enter_context(serving(storage_url, data_dir, "bench"))
+        print(f"best-graph endpoints, one client, sequential; {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        compare_best(storage_url, port, studies)
     return 0
 
 
@@ -232,8 +318,8 @@ def serving(storage_url: str, data_dir: Path, tenant: str) -> Iterator[tuple[int
         server.wait(timeout=60)
         head = read_head(data_dir)
         stop_local_head(data_dir, grace_s=5)
-        if head is not None:
-            shutil.rmtree(head.temp_dir, ignore_errors=True)
+        if head is not None:  # the head's private folder around Ray's own (api.ray_head)
+            shutil.rmtree(Path(head.temp_dir).parent, ignore_errors=True)
 
 
 def wait_healthy(port: int, server: subprocess.Popen[bytes]) -> None:

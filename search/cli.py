@@ -204,7 +204,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     url = storage_url(args.storage)
     if args.resume:  # the spec stored in the study comes first
         storage = open_storage(url)
-        name = args.name or given.get("name")
+        name = args.name or given.get("name")  # --study: its dest is the spec field name
         spec = build_spec(args, stored_spec(storage, name) if isinstance(name, str) else None, given)
         schedule = asha_schedule(spec)
         check_teachers(spec, flag_of("teachers"))

@@ -15,7 +15,7 @@ from api.settings import ENV_NAMES, ConfigError, Settings, parse_tokens
 def test_env_names_are_the_deployment_contract() -> None:
     assert ENV_NAMES == ("KTG_STORAGE", "KTG_API_TOKENS", "KTG_API_TOKENS_FILE", "KTG_MAX_BODY_BYTES",
                          "KTG_DATA_DIR", "RAY_ADDRESS", "KTG_DATASETS_DIR", "KTG_MAX_TRIAL_EPOCHS",
-                         "KTG_MAX_MODEL_PARAMS")
+                         "KTG_MAX_MODEL_PARAMS", "KTG_MAX_RUNNING_STUDIES")
 
 
 def test_tokens_from_env_and_file(tmp_path: Path) -> None:
@@ -50,6 +50,7 @@ def test_datasets_folder_and_quotas_from_env(tmp_path: Path) -> None:
     ({"KTG_API_TOKENS": "a:tok", "KTG_DATASETS_DIR": "/nonexistent/data"}, "KTG_DATASETS_DIR: /nonexistent/data"),
     ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_TRIAL_EPOCHS": "0"}, "KTG_MAX_TRIAL_EPOCHS: got '0'"),
     ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_MODEL_PARAMS": "1e9"}, "KTG_MAX_MODEL_PARAMS: got '1e9'"),
+    ({"KTG_API_TOKENS": "a:tok", "KTG_MAX_RUNNING_STUDIES": "0"}, "KTG_MAX_RUNNING_STUDIES: got '0'"),
 ])
 def test_bad_configuration_is_one_line_naming_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, OutOfMemoryError, RayActorError
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
 
@@ -34,3 +34,43 @@ def test_other_failures_reach_tune(status: str, error: Exception) -> None:
     trial = stub_trial(status)
     with pytest.raises(AttributeError):  # Tune's own handling starts on the (absent) controller
         TuneController._process_trial_failure(None, trial, error)  # type: ignore[arg-type]
+
+
+class Controller:
+    """Records which way Tune's own failure handling went (no Ray needed on this path)."""
+
+    def __init__(self) -> None:
+        self._has_errored, self._iteration, self._trials = False, 0, []
+        self.recovered = self.stopped = False
+        self._callbacks = self
+        self._scheduler_alg = self._search_alg = self
+
+    def _try_recover(self, trial: Trial, exc: Exception) -> None:
+        self.recovered = True
+
+    def _schedule_trial_stop(self, trial: Trial, exception: Exception | None = None) -> None:
+        self.stopped = True
+
+    def on_trial_recover(self, **info: object) -> None:
+        pass
+
+    def on_trial_error(self, *args: object, **info: object) -> None:
+        pass
+
+    def on_trial_complete(self, *args: object, **info: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("error", "retried"), [(OutOfMemoryError("the node ran low on memory"), False),
+                                                (RayActorError(), True)])
+def test_out_of_memory_is_never_retried_a_lost_worker_is(error: Exception, retried: bool) -> None:
+    ignore_stale_actor_failures()
+    trial = stub_trial(Trial.RUNNING)
+    # Tune's handle_error counts the failure and writes the trial's error files (which need a
+    # running Ray session); the count is what decides a retry, so count only.
+    trial.handle_error = lambda exc, **kw: setattr(trial.run_metadata, "num_failures",  # type: ignore[method-assign]
+                                                   trial.run_metadata.num_failures + 1)
+    trial.max_failures = 3
+    controller = Controller()
+    TuneController._process_trial_failure(controller, trial, error)  # type: ignore[arg-type]
+    assert (controller.recovered, controller.stopped) == (retried, not retried)

@@ -12,7 +12,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from api import service
@@ -21,7 +20,6 @@ from api.db import StudyRow
 from api.deps import (
     DbSession,
     LifecycleDep,
-    OptunaStorageDep,
     SettingsDep,
     StatusReaderDep,
     Tenant,
@@ -174,8 +172,8 @@ def get_progress(study_id: StudyId, tenant: Tenant, session: DbSession) -> Study
     return service.study_progress(session, _owned(session, tenant, study_id))
 
 
-def _ranked(storage: BaseStorage, session: Session, row: StudyRow, rank: int) -> BestGraph:
-    best = service.best_graphs(storage, session, row, rank)
+def _ranked(session: Session, row: StudyRow, rank: int) -> BestGraph:
+    best = service.best_graphs(session, row, rank)
     if len(best) < rank:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"no graph of rank {rank}: the study has {len(best)} complete trial(s) so far")
@@ -184,10 +182,10 @@ def _ranked(storage: BaseStorage, session: Session, row: StudyRow, rank: int) ->
 
 @router.get("/{study_id}/best", response_model=BestList,
             summary="Top graphs (full-budget COMPLETE trials) as ktg-graph/1")
-def get_best(study_id: StudyId, tenant: Tenant, session: DbSession, storage: OptunaStorageDep,
+def get_best(study_id: StudyId, tenant: Tenant, session: DbSession,
              k: Annotated[int, Query(ge=1, le=MAX_RANK)] = 1) -> BestList:
     row = _owned(session, tenant, study_id)
-    return BestList(study=row.id, items=service.best_graphs(storage, session, row, k))
+    return BestList(study=row.id, items=service.best_graphs(session, row, k))
 
 
 Rank = Annotated[int, Path(ge=1, le=MAX_RANK, description="1 = the best")]
@@ -195,20 +193,18 @@ Rank = Annotated[int, Path(ge=1, le=MAX_RANK, description="1 = the best")]
 
 @router.get("/{study_id}/best/{rank}.json", summary="One best graph as a bare ktg-graph/1 file",
             response_model=dict[str, Any])
-def get_best_graph(study_id: StudyId, rank: Rank, tenant: Tenant, session: DbSession,
-                   storage: OptunaStorageDep) -> dict[str, Any]:
-    return _ranked(storage, session, _owned(session, tenant, study_id), rank).graph
+def get_best_graph(study_id: StudyId, rank: Rank, tenant: Tenant, session: DbSession) -> dict[str, Any]:
+    return _ranked(session, _owned(session, tenant, study_id), rank).graph
 
 
 @router.get("/{study_id}/best/{rank}.svg", summary="One best graph drawn as SVG", response_class=Response,
             responses={200: {"content": {"image/svg+xml": {"schema": {"type": "string"}}},
                              "description": "The graph as a standalone SVG picture"}})
-def get_best_svg(study_id: StudyId, rank: Rank, tenant: Tenant, session: DbSession,
-                 storage: OptunaStorageDep) -> Response:
+def get_best_svg(study_id: StudyId, rank: Rank, tenant: Tenant, session: DbSession) -> Response:
     from ktg.show import render_svg
 
     row = _owned(session, tenant, study_id)
-    best = _ranked(storage, session, row, rank)
+    best = _ranked(session, row, rank)
     title = f"{row.name} · rank {rank} · trial {best.trial}"
     return Response(render_svg(Graph.from_dict(best.graph), title=title), media_type="image/svg+xml")
 

@@ -8,7 +8,8 @@ database counts: a handful of indexed aggregate queries, a few milliseconds.
 
 The rules are ``search.study.contract``'s (which trials count is built from its
 ``UNCOUNTED`` table; "finished" is ``FINISHED_STATES``; "best" means full-budget
-COMPLETE trials with a graph), and ``tests/test_study_queries.py`` pins these
+COMPLETE trials with a finite value and a graph: ``top_trials``, which ``ktg
+export`` uses too), and ``tests/test_study_queries.py`` pins these
 reads to what Optuna's own API says about the same study. The table models are
 Optuna's own (``optuna.storages._rdb.models``): the schema Optuna migrates is
 the one read here, not a copy of it.
@@ -126,24 +127,72 @@ def study_figures(session: Session, study_name: str) -> StudyFigures:
     return figures
 
 
-def best_trial_ids(session: Session, study_name: str, k: int, first: Sequence[int] = ()) -> list[int]:
-    """Optuna's ids of the top-k trials trained to the full budget, best first, in SQL: reading
-    the best k trials does not load all of them. The rule is ``search.study.storage.best_trials``':
-    the trial numbers ``first`` (a confirmation stage's graphs, by their mean) lead, then the
-    ranked COMPLETE trials with a value and a graph, by value, then number."""
+@dataclass(frozen=True)
+class RankedTrial:
+    """One of a study's best trials: what a graph file and its provenance need.
+
+    ``user_attrs`` holds the graph, seed and epochs (the attributes ``storage.graph_of`` reads).
+    """
+
+    number: int
+    value: float
+    user_attrs: dict[str, Any]
+
+
+_RANKED_ATTRS = (TrialAttr.GRAPH, TrialAttr.SEED, TrialAttr.EPOCHS)
+
+
+def top_trials(session: Session, study_name: str, k: int, first: Sequence[int] = ()) -> list[RankedTrial]:
+    """The study's best ``k`` trials, the rule ``ktg export`` and ``/best`` share: the trial
+    numbers ``first`` lead (a confirmation stage's graphs, by their mean), then the ranked
+    COMPLETE trials (trained to the full budget) with a finite value and a graph, the best
+    value first, ties by trial number.
+
+    The database sorts, with ``LIMIT k``: only the k winners' graphs leave the database.
+    """
     study_id = optuna_study_id(session, study_name)
     if study_id is None:
         return []
     trial, value = om.TrialModel, om.TrialValueModel
-    complete = and_(trial.study_id == study_id, trial.state == TrialState.COMPLETE, value.objective == 0,
-                    value.value_type == _FINITE, _has_attr(TrialAttr.GRAPH))
-    led = dict(session.execute(select(trial.number, trial.trial_id).join(value, value.trial_id == trial.trial_id)
-                               .where(complete, trial.number.in_(list(first)))).all()) if first else {}
-    leading = [led[n] for n in first if n in led]
-    rest = (select(trial.trial_id).join(value, value.trial_id == trial.trial_id)
-            .where(complete, *(~_has_attr(a) for a in UNRANKED), trial.number.not_in(list(led)))
+    attrs = {key: aliased(om.TrialUserAttributeModel) for key in _RANKED_ATTRS}
+    query = (select(trial.number, value.value, *(a.value_json for a in attrs.values()))
+             .join(value, and_(value.trial_id == trial.trial_id, value.objective == 0))
+             .where(trial.study_id == study_id, trial.state == TrialState.COMPLETE, value.value_type == _FINITE))
+    for key, attr in attrs.items():
+        on = and_(attr.trial_id == trial.trial_id, attr.key == str(key))
+        query = query.join(attr, on) if key == TrialAttr.GRAPH else query.outerjoin(attr, on)
+    leading = {r.number: r for r in _ranked_rows(session, query.where(trial.number.in_(list(first))))} if first else {}
+    rest = (query.where(*(~_has_attr(a) for a in UNRANKED), trial.number.not_in(list(leading)))
             .order_by(value.value.desc(), trial.number).limit(max(0, k - len(leading))))
-    return (leading + list(session.scalars(rest)))[:k]
+    return ([leading[n] for n in first if n in leading] + _ranked_rows(session, rest))[:k]
+
+
+def _ranked_rows(session: Session, query: Any) -> list[RankedTrial]:
+    ranked = []
+    for number, val, *raw in session.execute(query):
+        if val is None or not math.isfinite(val):
+            continue
+        user_attrs = {str(key): json.loads(text) for key, text in zip(_RANKED_ATTRS, raw, strict=True) if text}
+        ranked.append(RankedTrial(number=int(number), value=float(val), user_attrs=user_attrs))
+    return ranked
+
+
+def first_trial_error(session: Session, study_name: str) -> str | None:
+    """The error of the study's first failed trial that counts (skipped draws and re-queued ones do not)."""
+    study_id = optuna_study_id(session, study_name)
+    if study_id is None:
+        return None
+    # Aliased: _counted() looks up the same table in a subquery correlated on the trial only.
+    trial, attr = om.TrialModel, aliased(om.TrialUserAttributeModel)
+    raw = session.execute(select(attr.value_json).join(trial, trial.trial_id == attr.trial_id)
+                          .where(trial.study_id == study_id, trial.state == TrialState.FAIL, _counted(),
+                                 attr.key == str(TrialAttr.ERROR))
+                          .order_by(trial.number).limit(1)).scalar()
+    try:
+        error = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return str(error) if error else None
 
 
 def list_trials(session: Session, study_name: str, *, state: TrialStateName | None, limit: int,

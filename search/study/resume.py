@@ -55,6 +55,30 @@ def interrupt_trial(storage: optuna.storages.BaseStorage, study_name: str, trial
         again.enqueue_trial(params, user_attrs={TrialAttr.RETRY_OF: number})
 
 
+def close_unfinished_trials(storage: optuna.storages.BaseStorage, study_name: str, reason: str) -> int:
+    """End what a stopped study left unfinished, as trials that do not count; how many.
+
+    For a study that will not run again (cancelled, its driver gone): the graphs its
+    driver re-queued (WAITING) end FAIL + skipped (``reason``: never trained); a trial
+    still RUNNING lost its driver before it could say so, and ends FAIL + interrupted.
+    """
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    closed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        attr, value = ((TrialAttr.SKIPPED, reason) if trial.state == TrialState.WAITING
+                       else (TrialAttr.INTERRUPTED, True))
+        try:
+            storage.set_trial_user_attr(trial._trial_id, attr, value)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # ended meanwhile
+        closed += 1
+    return closed
+
+
 def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
     """The spec a study was created with (for ``--resume``), or None when there is no such study."""
     try:

@@ -16,10 +16,10 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from ktg.errors import KtgError, first_line
 from ktg.graph import Graph
@@ -30,8 +30,10 @@ from search.study.contract import (
     TRIAL_STATES,
     TrialAttr,
     counted,
-    ranked,
 )
+
+if TYPE_CHECKING:
+    from search.study.queries import RankedTrial
 
 STORAGE_ENV = "KTG_STORAGE"
 DEFAULT_STORAGE = "sqlite:///ktg-studies.db"
@@ -114,19 +116,21 @@ def finished_count(study: optuna.Study) -> int:
     return finished_in(trial_counts(study))
 
 
-def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
-    """The top-k trials trained to the full budget (COMPLETE only), best first.
+def best_trials(study: optuna.Study, k: int = 1) -> list[RankedTrial]:
+    """The top-k trials trained to the full budget, best first: ``search.study.queries.top_trials``'s
+    rule and query (the service's ``/best`` reads the same), on the study's database. After a
+    confirmation stage its graphs come first, by their mean over seeds (``search.study.confirmation``)."""
+    from sqlalchemy.orm import Session
 
-    After a confirmation stage its graphs come first, by their mean over seeds
-    (``search.study.confirmation``), then the other search trials by value.
-    """
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and TrialAttr.GRAPH in t.user_attrs]
-    by_number = {t.number: t for t in done}
+    # Imported here: queries builds on this module's counting rules.
+    from search.study.queries import top_trials
+
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        raise KtgError("storage: the best trials are read from a database storage (sqlite:// or postgresql://)")
     confirmed = confirmation_of(study)
-    first = [by_number[g.trial] for g in (confirmed.graphs if confirmed else []) if g.trial in by_number]
-    rest = sorted((t for t in done if ranked(t) and t not in first), key=lambda t: (-t.value, t.number))  # type: ignore[operator]
-    return (first + rest)[:k]
+    with Session(storage.engine) as session:
+        return top_trials(session, study.study_name, k, first=[g.trial for g in confirmed.graphs] if confirmed else ())
 
 
 def confirmation_of(study: optuna.Study) -> Confirmation | None:
@@ -134,7 +138,7 @@ def confirmation_of(study: optuna.Study) -> Confirmation | None:
     return confirmation_from_json(study.user_attrs.get(STUDY_ATTR_CONFIRMATION))
 
 
-def graph_of(trial: FrozenTrial, study_name: str, confirmation: Confirmation | None = None) -> Graph:
+def graph_of(trial: FrozenTrial | RankedTrial, study_name: str, confirmation: Confirmation | None = None) -> Graph:
     """The trial's graph as a ``ktg-graph/1`` file with its provenance in ``meta``, and,
     for a confirmed graph, its ``confirmation``: accuracy per seed, mean, margin over independent."""
     graph = Graph.from_dict(trial.user_attrs[TrialAttr.GRAPH])

@@ -282,4 +282,8 @@ def failure_reason(tune_trial: Any | None, limit: int = 500) -> str:
         text = error_file.read_text(errors="replace") if error_file.is_file() else ""
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         reason = lines[-1] if lines else "raised (no error text recorded by Ray)"
+    if reason.startswith(("OutOfMemoryError", "ray.exceptions.OutOfMemoryError")):
+        # Ray's text is pages of node addresses, log paths and advice: what the trial did is this.
+        reason = ("OutOfMemoryError: out of memory; Ray's memory monitor stopped the trial's worker "
+                  "(the graph does not fit its node; not retried)")
     return " ".join(reason.split())[:limit]

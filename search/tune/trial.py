@@ -40,8 +40,8 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
     is the same for every trial and comes through ``tune.with_parameters``.
 
     A trial that fails by itself (a ``KtgError``: NaN loss, a graph the data
-    cannot train) ends with a last result carrying ``ERROR`` instead of
-    raising, so that Tune, which retries whatever raises, never retries it.
+    cannot train; or out of memory) ends with a last result carrying ``ERROR``
+    instead of raising, so that Tune, which retries whatever raises, never retries it.
     """
     import torch
     from ray import tune
@@ -76,10 +76,21 @@ def train_trial(config: dict[str, Any], spec_fields: dict[str, Any]) -> None:
                                  cache_dir=config["cache_dir"], quiet=True)
         setup.train(graph, spec.recipe(), seed=seed, hooks=RunHooks(on_state=report), resume=resume,
                     evaluate_test=False)
-    except KtgError as exc:
-        # No epoch of its own (epoch stays at the last one reported) and no accuracy:
-        # the searcher records nothing from it but the error.
-        tune.report({METRIC: float("nan"), "epoch": reported, ERROR: f"{type(exc).__name__}: {exc}"})
+    except (KtgError, MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        # Its own fault, never retried: a KtgError, or running out of memory (a model too big
+        # for its worker is as big again on a retry). No epoch of its own (epoch stays at the last
+        # one reported) and no accuracy: the searcher records nothing from it but the error.
+        tune.report({METRIC: float("nan"), "epoch": reported, ERROR: own_error(exc)})
+
+
+def own_error(exc: BaseException) -> str:
+    """A trial's own failure in one line: the exception's type and first line of text."""
+    from ktg.errors import first_line
+
+    text = first_line(exc) if str(exc) else ""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        text = f"out of memory{': ' + text if text else ''} (the graph does not fit its worker; not retried)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _start(graph: Graph, spec: SearchSpec, seed: int, twin: dict[str, Any] | None) -> tuple[RunState | None, int]:
