@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 from api.settings import Settings
 from search.spec import SearchSpec
 from search.study.contract import FINISHED_STATES, STUDY_ATTR_ASHA_RUNGS, TRIAL_STATES, TrialAttr, counted
-from search.study.queries import TRIAL_ORDERS, best_so_far, best_trial_ids, epochs_reached, list_trials
-from search.study.storage import best_trials, open_storage
+from search.study.queries import TRIAL_ORDERS, best_so_far, epochs_reached, list_trials, top_trials
+from search.study.storage import open_storage
 from tests.api_fixtures import (  # noqa: F401
     ALICE,
     BOB,
@@ -101,11 +101,16 @@ def test_epochs_reached_counts_counted_trials_by_state(storage: RDBStorage) -> N
     assert set(expected) >= {"complete", "pruned", "fail", "running"}
 
 
-def test_the_top_k_in_sql_is_best_trials(storage: RDBStorage) -> None:
-    study = optuna.load_study(study_name=NAME, storage=storage)
+def test_the_top_k_in_sql_is_the_rule_read_through_optuna(storage: RDBStorage) -> None:
+    """COMPLETE, a finite value, a graph; best value first, then number; ``first`` leads."""
+    done = [t for t in trials_of(storage) if t.state == TrialState.COMPLETE and t.value is not None
+            and math.isfinite(t.value) and TrialAttr.GRAPH in t.user_attrs]
+    expected = [t.number for t in sorted(done, key=lambda t: (-t.value, t.number))]
     with Session(storage.engine) as s:
         for k in (1, 5, 500):
-            assert best_trial_ids(s, NAME, k) == [t._trial_id for t in best_trials(study, k)]
+            assert [t.number for t in top_trials(s, NAME, k)] == expected[:k]
+        lead = [expected[-1], expected[-2]]  # a confirmation stage's order wins over the values
+        assert [t.number for t in top_trials(s, NAME, 4, first=lead)] == [*lead, *expected[:2]]
 
 
 @pytest.mark.parametrize("order", TRIAL_ORDERS)
