@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -56,7 +57,8 @@ def confirmation_trial(of: int, graph: dict, seed: int, value: float) -> FrozenT
 
 
 def study_of(trials: list[FrozenTrial]) -> optuna.Study:
-    study = optuna.create_study(direction="maximize")
+    """A study of these trials in a throwaway SQLite file (the best trials are read in SQL)."""
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tempfile.mkdtemp(prefix='ktg-confirm-')}/s.db")
     study.add_trials(trials)
     return study
 
