@@ -31,13 +31,14 @@ from api.ray_head import HEAD_STATE_FILE, read_head, stop_local_head
 from api.ray_jobs import RayJobs
 from tests.api_server import Server, status
 from tests.postgres import postgres_url  # noqa: F401
-from tests.search_helpers import FAULT_INJECTION_DIR
+from tests.search_helpers import AS_BEFORE_FIELDS, FAULT_INJECTION_DIR
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 TOKENS = {"alice": "alice-token-77d1", "bob": "bob-token-1c9e", "carol": "carol-token-5b2a"}
-TINY = {"nodes": 2, "epochs": 2, "dataset": "digits", "models": ["resnet20"], "target_model": "resnet20"}
+TINY = {"nodes": 2, "epochs": 2, "dataset": "digits", "models": ["resnet20"], "target_model": "resnet20",
+        **AS_BEFORE_FIELDS}  # no baselines, no confirmation stage: each study trains only what the test counts
 OOM_STUDY = "all-oom"  # every trial of carol's study of this name raises MemoryError (tests/fault_injection)
 
 
