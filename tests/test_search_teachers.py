@@ -39,7 +39,7 @@ from search.teachers import teacher_files, teacher_misfits, with_teacher_files
 from tests import api_fixtures
 from tests.api_fixtures import ALICE, app_fixture, client_fixture  # noqa: F401
 from tests.postgres import postgres_url  # noqa: F401
-from tests.search_helpers import brute_force_space, ktg_env, load, run_ktg
+from tests.search_helpers import AS_BEFORE, brute_force_space, ktg_env, load, run_ktg
 
 TEACHER_MODEL = "resnet8"
 
@@ -258,7 +258,7 @@ def test_search_with_a_teacher_exports_a_graph_that_retrains_to_its_trial(tmp_pa
     save_teacher(tmp_path / "teachers" / "big.pt")
     storage, name, epochs = f"sqlite:///{tmp_path / 's.db'}", "teach", 2
     env = ktg_env(ray_tmp, OMP_NUM_THREADS="1")
-    res = run_ktg(["search", "--study", name, "--nodes", "2", "--trials", "4", "--epochs", str(epochs),
+    res = run_ktg(["search", "--study", name, "--nodes", "2", "--trials", "4", "--epochs", str(epochs), *AS_BEFORE,
                    "--target-model", "resnet8", "--models", "resnet8", "--teacher", "big=resnet8:teachers/big.pt",
                    "--gates", "through,linear", "--temperatures", "2,4", "--workers", "2", "--storage", storage,
                    "--out", str(tmp_path / "out")], tmp_path, env)

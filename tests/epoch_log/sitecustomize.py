@@ -37,13 +37,25 @@ def log_epochs(module: ModuleType) -> None:
     def logged(self: Any, graph: Any, *args: Any, hooks: Any = module.NO_HOOKS, **kwargs: Any) -> Any:
         shape = {k: v for k, v in graph.to_dict().items() if k != "meta"}
 
-        def on_epoch(epoch: int, accs: dict[int, float]) -> None:
+        def logged_epoch(epoch: int) -> None:
             with open(log, "a") as f:  # one short write in append mode: lines from processes never interleave
                 f.write(json.dumps({"graph": shape, "epoch": epoch}, sort_keys=True) + "\n")
-            if hooks.on_epoch is not None:
-                hooks.on_epoch(epoch, accs)
 
-        return train(self, graph, *args, hooks=dataclasses.replace(hooks, on_epoch=on_epoch), **kwargs)
+        # A search trial reports (and ASHA may stop it) in on_state, which comes first: log there.
+        def on_state(state: Any) -> None:
+            logged_epoch(state.epochs_done)
+            given.on_state(state)
+
+        def on_epoch(epoch: int, accs: dict[int, float]) -> None:
+            if given.on_state is None:
+                logged_epoch(epoch)
+            if given.on_epoch is not None:
+                given.on_epoch(epoch, accs)
+
+        given = hooks
+        wrapped = dataclasses.replace(given, on_epoch=on_epoch,
+                                      on_state=on_state if given.on_state is not None else None)
+        return train(self, graph, *args, hooks=wrapped, **kwargs)
 
     module.RunSetup.train = logged
 
