@@ -12,9 +12,8 @@ Each baseline is two things:
 So the searcher builds the graph itself rather than from the parameters: the
 study then holds the real KD (T = 2) it compares against, and TPE still places
 it. A baseline whose point is not in the space (e.g. no ``cutoff`` gate, or no
-``kl`` loss) is left out, and said so. ``candidates`` is the one table of rows:
-another kind (a user's teacher checkpoint, at its own temperature) is one more
-row there.
+``kl`` loss) is left out, and said so. ``candidates`` is the one table of rows;
+a user's teacher checkpoint (``given_teacher_kd``, at T = 4) is one of them.
 """
 
 from __future__ import annotations
@@ -23,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ktg.graph import FORMAT, LABEL_NODE, TARGET_NODE
-from search.spec import SearchSpec
+from search.spec import SearchSpec, TeacherSpec
 
-KD_TEMPERATURE = 2.0
+KD_TEMPERATURE = 2.0  # KD from a model of the space, pre-trained on the study's data (Hinton et al.)
+GIVEN_TEACHER_TEMPERATURE = 4.0  # KD from a user's teacher (Hinton et al.'s usual choice; issue 18's held-out run)
 PEER = 2  # the node a KD teacher or a DML peer sits on
 
 
@@ -86,18 +86,44 @@ def dml(spec: SearchSpec, peer: str) -> Baseline:
     return _build(spec, f"dml:{peer}", peer, edges, {(PEER, TARGET_NODE): "kl", (TARGET_NODE, PEER): "kl"})
 
 
-def given_teacher_kd(spec: SearchSpec) -> list[Baseline]:
-    """Plain KD from each teacher the user gave (``spec.teachers``: T = 4, both gates through)."""
-    from search.space import teacher_kd_graphs
+def given_teacher_kd(spec: SearchSpec, teacher: TeacherSpec) -> Baseline:
+    """Plain KD from a teacher the user gave: node 1 learns from the labels and from the teacher
+    on node 2 (``kl`` at T = 4, both gates ``through``); no other node takes part.
 
-    return [Baseline(h.name, {**h.graph, "meta": {**h.graph["meta"], "baseline": h.name}}, h.params,
-                     "" if h.params is not None else "T = 4 or the gates through/cutoff are not in the space")
-            for h in teacher_kd_graphs(spec)]
+    Its parameters are an exact draw of the space (the teacher edge's temperature is
+    searched), so TPE learns from the very graph trained.
+    """
+    name = f"kd:{teacher.choice()}"
+    graph = {"format": FORMAT,
+             "nodes": [{"id": TARGET_NODE, "model": spec.target_model},
+                       {"id": PEER, "model": teacher.model, "checkpoint": teacher.checkpoint}],
+             "edges": [_edge(LABEL_NODE, TARGET_NODE),
+                       _edge(PEER, TARGET_NODE, "kl", temperature=GIVEN_TEACHER_TEMPERATURE)],
+             "meta": {"dataset": spec.dataset, "baseline": name}}
+    if not ("through" in spec.gates and "kl" in spec.losses and GIVEN_TEACHER_TEMPERATURE in spec.temperatures
+            and (spec.nodes == 2 or "cutoff" in spec.gates)):
+        return Baseline(name, graph, None, f"T = {GIVEN_TEACHER_TEMPERATURE:g}, the kl loss or the gates "
+                                           "through/cutoff are not in the space")
+    params: dict[str, Any] = {f"model_{PEER}": teacher.choice(), f"gate_{LABEL_NODE}_{TARGET_NODE}": "through",
+                              f"gate_{PEER}_{TARGET_NODE}": "through",
+                              f"temperature_{PEER}_{TARGET_NODE}": GIVEN_TEACHER_TEMPERATURE}
+    if len(spec.losses) > 1:
+        params[f"loss_{PEER}_{TARGET_NODE}"] = "kl"
+    # Every other node is drawn, but cut off from everything: nothing upstream of node 1,
+    # so a trial trains the two-node graph above (search.tune.trial: training_graph).
+    for i in range(PEER + 1, spec.nodes + 1):
+        params[f"model_{i}"] = spec.models[0]
+        for other in [LABEL_NODE, *range(1, spec.nodes + 1)]:
+            if other != i:
+                params[f"gate_{other}_{i}"] = "cutoff"
+                if other not in (LABEL_NODE, PEER):  # edges into the teacher are not drawn
+                    params[f"gate_{i}_{other}"] = "cutoff"
+    return Baseline(name, graph, params)
 
 
 def candidates(spec: SearchSpec) -> list[Baseline]:
     """Every hand-made graph of the space's kind, in the order they train."""
-    return [independent(spec), *given_teacher_kd(spec), *(kd(spec, m) for m in spec.models),
+    return [independent(spec), *(given_teacher_kd(spec, t) for t in spec.teachers), *(kd(spec, m) for m in spec.models),
             *(dml(spec, m) for m in spec.models)]
 
 

@@ -13,15 +13,12 @@ plain Optuna or SQL.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from ktg.graph import FORMAT, LABEL_NODE, TARGET_NODE
-from search.spec import SearchSpec, TeacherSpec
-
-KD_TEMPERATURE = 4.0  # the teacher-KD baseline's (Hinton et al.'s usual choice; the issue's held-out run)
+from search.spec import SearchSpec
 
 
 def sample_graph(trial: optuna.Trial, spec: SearchSpec) -> tuple[dict, str | None]:
@@ -101,49 +98,3 @@ def space_size(spec: SearchSpec) -> int:
 
 def describe_size(n: int) -> str:
     return f"{n:,}" if n < 10**7 else f"{n / 10 ** int(math.log10(n)):.2f}e{int(math.log10(n))}"
-
-
-@dataclass(frozen=True)
-class HandMade:
-    """A hand-made graph of a study: its name, its graph, and its draw when the space holds it."""
-
-    name: str
-    graph: dict[str, Any]
-    params: dict[str, Any] | None  # the Optuna parameters that draw it (to enqueue), or None
-
-
-def teacher_kd_graphs(spec: SearchSpec) -> list[HandMade]:
-    """Plain knowledge distillation from each given teacher: node 1 learns from the labels and
-    from the teacher on node 2 (``kl``, both gates ``through``, T = 4); no other node takes part."""
-    return [_teacher_kd(spec, t) for t in spec.teachers]
-
-
-def _teacher_kd(spec: SearchSpec, teacher: TeacherSpec) -> HandMade:
-    teacher_node = TARGET_NODE + 1
-    graph = {"format": FORMAT,
-             "nodes": [{"id": TARGET_NODE, "model": spec.target_model},
-                       {"id": teacher_node, "model": teacher.model, "checkpoint": teacher.checkpoint}],
-             "edges": [{"source": LABEL_NODE, "target": TARGET_NODE, "loss": "ce", "gate": "through"},
-                       {"source": teacher_node, "target": TARGET_NODE, "loss": "kl", "gate": "through",
-                        "temperature": KD_TEMPERATURE}],
-             "meta": {"dataset": spec.dataset}}
-    in_space = ("through" in spec.gates and "kl" in spec.losses and KD_TEMPERATURE in spec.temperatures
-                and (spec.nodes == 2 or "cutoff" in spec.gates))
-    params = None
-    if in_space:
-        params = {f"model_{teacher_node}": teacher.choice(), f"gate_{LABEL_NODE}_{TARGET_NODE}": "through",
-                  f"gate_{teacher_node}_{TARGET_NODE}": "through",
-                  f"temperature_{teacher_node}_{TARGET_NODE}": KD_TEMPERATURE}
-        if len(spec.losses) > 1:
-            params[f"loss_{teacher_node}_{TARGET_NODE}"] = "kl"
-        # Every other node is drawn, but cut off from everything: nothing upstream of node 1,
-        # so a trial trains the two-node graph above (search.tune.trial: training_graph).
-        others = range(teacher_node + 1, spec.nodes + 1)
-        for i in others:
-            params[f"model_{i}"] = spec.models[0]
-            for other in [LABEL_NODE, *range(1, spec.nodes + 1)]:
-                if other != i:
-                    params[f"gate_{other}_{i}"] = "cutoff"
-                    if other not in (LABEL_NODE, teacher_node):  # edges into the teacher are not drawn
-                        params[f"gate_{i}_{other}"] = "cutoff"
-    return HandMade(f"kd:{teacher.choice()}", graph, params)

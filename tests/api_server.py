@@ -1,18 +1,23 @@
 """``ktg serve`` in a subprocess, for the tests that drive the API over real HTTP
-(``test_api.py``, ``test_api_lost_node.py``).
+(``test_api*.py``, ``test_web_browser.py``, ``test_security_serve.py``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from api.ray_head import read_head, stop_local_head
 from tests.waiting import free_port, wait_for
 
 KTG = str(Path(sys.executable).with_name("ktg"))
@@ -59,6 +64,26 @@ class Server:
 
     def client(self, headers: dict[str, str] | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@contextmanager
+def serving(root: Path, **env: str) -> Iterator[Server]:
+    """``ktg serve`` with its data dir under ``root`` and ``env`` over this process's environment
+    less every ``KTG_`` and ``RAY_`` variable; on exit it stops the server, then the local Ray
+    head the server started (only that one) and the head's private temp folder."""
+    data = root / "data"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
+    srv = Server(env={**clean, "KTG_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1", **env}, data_dir=data,
+                 log_path=root / "serve.log")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.kill(signal.SIGTERM)
+        head = read_head(data)
+        stop_local_head(data, grace_s=5)
+        if head is not None:
+            shutil.rmtree(Path(head.temp_dir).parent, ignore_errors=True)
 
 
 def status(client: httpx.Client, study_id: str) -> dict[str, Any]:

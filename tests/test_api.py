@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -23,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.ray_head import HeadError, ensure_local_head, read_head, stop_local_head
+from api.ray_head import HeadError, ensure_local_head, read_head
 from api.ray_jobs import RayJobs
-from tests.api_server import KTG, Server, status
+from tests.api_server import KTG, Server, serving, status
 from tests.postgres import PASSWORD, postgres_url  # noqa: F401
 from tests.search_helpers import AS_BEFORE_FIELDS
 from tests.waiting import free_port, wait_for
@@ -41,20 +39,9 @@ TINY = {"nodes": 2, "epochs": 2, "dataset": "digits", "models": ["resnet20"], "t
 @pytest.fixture(scope="module")
 def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
     root = tmp_path_factory.mktemp("serve")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
-    env |= {"KTG_STORAGE": postgres_url, "KTG_DATA_DIR": str(root / "data"),
-            "KTG_API_TOKENS": f"alice:{ALICE['Authorization'][7:]},bob:{BOB['Authorization'][7:]}",
-            "PYTHONUNBUFFERED": "1"}
-    srv = Server(env=env, data_dir=root / "data", log_path=root / "serve.log")
-    try:
-        srv.start()
+    tokens = f"alice:{ALICE['Authorization'][7:]},bob:{BOB['Authorization'][7:]}"
+    with serving(root, KTG_STORAGE=postgres_url, KTG_API_TOKENS=tokens) as srv:
         yield srv
-    finally:
-        srv.kill(signal.SIGTERM)
-        head = read_head(srv.data_dir)
-        stop_local_head(srv.data_dir, grace_s=5)  # only the head this server started, by its process group
-        if head is not None:
-            shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 def submit(client: httpx.Client, name: str, trials: int) -> str:

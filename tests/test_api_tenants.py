@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -27,9 +25,9 @@ import pytest
 
 from api.lifecycle import CANCELLED_BEFORE_RUN
 from api.processes import session_members
-from api.ray_head import HEAD_STATE_FILE, read_head, stop_local_head
+from api.ray_head import HEAD_STATE_FILE, read_head
 from api.ray_jobs import RayJobs
-from tests.api_server import Server, status
+from tests.api_server import Server, serving, status
 from tests.postgres import postgres_url  # noqa: F401
 from tests.search_helpers import AS_BEFORE_FIELDS, FAULT_INJECTION_DIR
 from tests.waiting import wait_for
@@ -47,22 +45,12 @@ def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("tenants")
     datasets = root / "datasets"
     (datasets / "cifar10").mkdir(parents=True)  # there, but holds no CIFAR batch
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
-    env |= {"KTG_STORAGE": postgres_url, "KTG_DATA_DIR": str(root / "data"), "KTG_DATASETS_DIR": str(datasets),
-            "KTG_API_TOKENS": ",".join(f"{t}:{k}" for t, k in TOKENS.items()), "KTG_MAX_RUNNING_STUDIES": "2",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(FAULT_INJECTION_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "KTG_FAULT_OOM_TRIALS": ",".join(str(n) for n in range(50)), "KTG_FAULT_STUDY": f"carol.{OOM_STUDY}"}
-    srv = Server(env=env, data_dir=root / "data", log_path=root / "serve.log")
-    try:
-        srv.start()
+    with serving(root, KTG_STORAGE=postgres_url, KTG_DATASETS_DIR=str(datasets),
+                 KTG_API_TOKENS=",".join(f"{t}:{k}" for t, k in TOKENS.items()), KTG_MAX_RUNNING_STUDIES="2",
+                 PYTHONPATH=os.pathsep.join([str(FAULT_INJECTION_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                 KTG_FAULT_OOM_TRIALS=",".join(str(n) for n in range(50)),
+                 KTG_FAULT_STUDY=f"carol.{OOM_STUDY}") as srv:
         yield srv
-    finally:
-        srv.kill(signal.SIGTERM)
-        head = read_head(srv.data_dir)
-        stop_local_head(srv.data_dir, grace_s=5)
-        if head is not None:
-            shutil.rmtree(Path(head.temp_dir).parent, ignore_errors=True)
 
 
 BODIES: list[str] = []  # every response body a tenant got in this module

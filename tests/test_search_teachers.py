@@ -31,9 +31,10 @@ from ktg.models import build_model
 from ktg.recipe import Recipe
 from ktg.run import RunHooks, RunSetup
 from ktg.run_state import RunState
+from search.baselines import GIVEN_TEACHER_TEMPERATURE, given_teacher_kd
 from search.cli import build_spec
 from search.commands import add_spec_flags
-from search.space import KD_TEMPERATURE, sample_graph, space_size, teacher_kd_graphs
+from search.space import sample_graph, space_size
 from search.spec import SearchSpec
 from search.teachers import teacher_files, teacher_misfits, with_teacher_files
 from tests import api_fixtures
@@ -145,9 +146,9 @@ def test_a_teacher_node_is_frozen_with_its_checkpoint_and_its_edge_records_gate_
 
 
 def test_teacher_kd_is_the_draw_its_params_name() -> None:
-    for fields in ({**SPACES[2], "temperatures": (2.0, KD_TEMPERATURE)}, {**SPACES[0], "temperatures": (KD_TEMPERATURE,)}):
+    for fields in ({**SPACES[2], "temperatures": (2.0, GIVEN_TEACHER_TEMPERATURE)}, {**SPACES[0], "temperatures": (GIVEN_TEACHER_TEMPERATURE,)}):
         spec = space_spec(fields)
-        (kd,) = teacher_kd_graphs(spec)
+        kd = given_teacher_kd(spec, spec.teachers[0])
         assert kd.name == "kd:teacher:a" and kd.params is not None
         drawn, why = sample_graph(FixedTrial(kd.params), spec)
         assert why is None
@@ -157,7 +158,8 @@ def test_teacher_kd_is_the_draw_its_params_name() -> None:
         assert {k: kd.graph[k] for k in ("nodes", "edges")} == expected
         assert Graph.from_dict(drawn).training_key(TARGET_NODE) == Graph.from_dict(kd.graph).training_key(TARGET_NODE)
     # T = 4 outside --temperatures: the graph is still given, but no draw of the space makes it
-    (outside,) = teacher_kd_graphs(space_spec({**SPACES[0], "temperatures": (1.0, 2.0)}))
+    outside_spec = space_spec({**SPACES[0], "temperatures": (1.0, 2.0)})
+    outside = given_teacher_kd(outside_spec, outside_spec.teachers[0])
     assert outside.params is None and outside.graph["edges"][1]["temperature"] == 4.0
 
 

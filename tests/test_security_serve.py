@@ -9,8 +9,6 @@ answers 503: everything here is decided before a job would start.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api_server import Server
+from tests.api_server import Server, serving
 from tests.postgres import postgres_url  # noqa: F401
 from tests.waiting import free_port
 
@@ -33,16 +31,10 @@ def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for folder in ("shared/cifar", "tenants/alice/imgs", "tenants/bob/secret"):
         (datasets / folder).mkdir(parents=True)
     (datasets / "shared" / "out").symlink_to(root)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
-    env |= {"KTG_STORAGE": postgres_url, "KTG_DATA_DIR": str(root / "data"), "KTG_DATASETS_DIR": str(datasets),
-            "KTG_API_TOKENS": f"alice:{ALICE['Authorization'][7:]},bob:bob-token-77aa01",
-            "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}", "PYTHONUNBUFFERED": "1"}
-    srv = Server(env=env, data_dir=root / "data", log_path=root / "serve.log")
-    try:
-        srv.start()
+    with serving(root, KTG_STORAGE=postgres_url, KTG_DATASETS_DIR=str(datasets),
+                 KTG_API_TOKENS=f"alice:{ALICE['Authorization'][7:]},bob:bob-token-77aa01",
+                 RAY_ADDRESS=f"http://127.0.0.1:{free_port()}") as srv:
         yield srv
-    finally:
-        srv.kill(signal.SIGTERM)
 
 
 def test_oversized_headers_are_refused(server: Server) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.ray_head import read_head, stop_local_head
-from tests.api_server import Server, status
+from tests.api_server import Server, serving, status
 from tests.postgres import postgres_url  # noqa: F401
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,19 +39,8 @@ MS = 1000
 @pytest.fixture(scope="module")
 def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
     root = tmp_path_factory.mktemp("web")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTG_", "RAY_"))}
-    env |= {"KTG_STORAGE": postgres_url, "KTG_DATA_DIR": str(root / "data"),
-            "KTG_API_TOKENS": f"alice:{ALICE},bob:{BOB}", "PYTHONUNBUFFERED": "1"}
-    srv = Server(env=env, data_dir=root / "data", log_path=root / "serve.log")
-    try:
-        srv.start()
+    with serving(root, KTG_STORAGE=postgres_url, KTG_API_TOKENS=f"alice:{ALICE},bob:{BOB}") as srv:
         yield srv
-    finally:
-        srv.kill(signal.SIGTERM)
-        head = read_head(srv.data_dir)
-        stop_local_head(srv.data_dir, grace_s=5)
-        if head is not None:
-            shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

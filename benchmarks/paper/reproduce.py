@@ -303,7 +303,7 @@ TEACHER_SECTION = ("<!-- given-teacher:begin -->", "<!-- given-teacher:end -->")
 
 def teacher_setting(t: TeacherScale, storage: str, out: Path, log: list[str]) -> dict[str, Any]:
     """Train the teacher on the larger split, search with it available, compare on paired seeds."""
-    from search.space import teacher_kd_graphs
+    from search.baselines import given_teacher_kd
     from search.spec import SearchSpec
 
     folder = out / "given-teacher"
@@ -327,7 +327,7 @@ def teacher_setting(t: TeacherScale, storage: str, out: Path, log: list[str]) ->
     ktg([*args, *(["--resume"] if study_exists(storage, name) else [])], log)
     spec = SearchSpec(name=name, nodes=2, trials=t.trials, target_model=t.target,
                       teachers=[{"name": f"{t.teacher}-more", "model": t.teacher, "checkpoint": checkpoint}])
-    kd = teacher_kd_graphs(spec)[0].graph
+    kd = given_teacher_kd(spec, spec.teachers[0]).graph
     ce = {"source": 0, "loss": "ce", "gate": "through"}
     hand = {"independent": {"nodes": [{"id": 1, "model": t.target}], "edges": [{**ce, "target": 1}]},
             "kd-given-teacher": kd,
