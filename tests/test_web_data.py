@@ -226,7 +226,11 @@ def test_pages_load_only_their_own_origin(client: TestClient, filled: tuple[str,
         assert not re.search(r"<script(?![^>]*\ssrc=)", page.text)  # no inline script
         for url in html.urls:
             if url.startswith("/static/"):
-                assert client.get(url).status_code == 200, url
+                asset = client.get(url)
+                assert asset.status_code == 200, url
+                # every element the page's script looks up by id is on the rendered page
+                wanted = set(re.findall(r'(?:getElementById|\$)\("([\w-]+)"\)', asset.text))
+                assert not {i for i in wanted if f'id="{i}"' not in page.text}, url
     form = _Controls()
     form.feed(client.get("/").text)
     assert form.fields == set(SearchSpec.model_fields)  # the submit form has every spec field
