@@ -8,6 +8,7 @@ found in ``/proc`` by their session (``api.processes``) and cleaned up by pid.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -15,12 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FixedTrial, TrialState
 
 from api.processes import session_processes
-from ktg.graph import LABEL_NODE
+from ktg.graph import LABEL_NODE, Graph
+from search.space import sample_graph
+from search.spec import SearchSpec
 from search.study.storage import sqlalchemy_url
 
 KTG = [sys.executable, "-m", "ktg.cli"]
@@ -110,6 +114,18 @@ def brute_force_space(nodes: int, models: list[str], gates: list[str], losses: l
                          if g != "cutoff")
             seen.add((node_models, kept))
     return len(seen)
+
+
+def sampled_graphs(universe: dict[str, list[Any]], spec: SearchSpec) -> set[str]:
+    """Every graph ``sample_graph`` draws from each assignment of the parameters in ``universe``
+    (each a list of values), as sorted JSON; each trainable draw must be a valid graph file."""
+    graphs = set()
+    for values in itertools.product(*universe.values()):
+        graph, why = sample_graph(FixedTrial(dict(zip(universe, values, strict=True))), spec)
+        if why is None:
+            Graph.from_dict(graph)
+        graphs.add(json.dumps(graph, sort_keys=True))
+    return graphs
 
 
 def is_trial_process(cmdline: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import itertools
 import json
 import uuid
 from pathlib import Path
@@ -40,7 +39,7 @@ from search.teachers import teacher_files, teacher_misfits, with_teacher_files
 from tests import api_fixtures
 from tests.api_fixtures import ALICE, app_fixture, client_fixture  # noqa: F401
 from tests.postgres import postgres_url  # noqa: F401
-from tests.search_helpers import AS_BEFORE, brute_force_space, ktg_env, load, run_ktg
+from tests.search_helpers import AS_BEFORE, brute_force_space, ktg_env, load, run_ktg, sampled_graphs
 
 TEACHER_MODEL = "resnet8"
 
@@ -122,13 +121,7 @@ def test_sampler_reaches_exactly_the_counted_space_with_a_teacher() -> None:
     for s, t in [(0, 1), (2, 1), (0, 2), (1, 2)]:
         universe[f"gate_{s}_{t}"] = spec.gates
     universe["temperature_2_1"] = spec.temperatures
-    graphs = set()
-    for values in itertools.product(*universe.values()):
-        graph, why = sample_graph(FixedTrial(dict(zip(universe, values, strict=True))), spec)
-        if why is None:
-            Graph.from_dict(graph)  # a trainable draw is a valid graph file
-        graphs.add(json.dumps(graph, sort_keys=True))
-    assert len(graphs) == space_size(spec) == brute_force_space(**fields)
+    assert len(sampled_graphs(universe, spec)) == space_size(spec) == brute_force_space(**fields)
 
 
 def test_a_teacher_node_is_frozen_with_its_checkpoint_and_its_edge_records_gate_and_temperature() -> None:

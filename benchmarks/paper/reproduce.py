@@ -345,7 +345,7 @@ def teacher_setting(t: TeacherScale, storage: str, out: Path, log: list[str]) ->
          "--workers", "2", "--out", str(folder / "compare"), "--resume"], log)
     teacher_acc = json.loads((teacher_out / "results.json").read_text())
     return {"report": json.loads((folder / "compare" / "compare.json").read_text()), "graphs": graphs,
-            "teacher_results": teacher_acc, "checkpoint": checkpoint}
+            "teacher_results": teacher_acc, "checkpoint": checkpoint, "study": (storage, name)}
 
 
 def teacher_section(t: TeacherScale, scale_name: str, found: dict[str, Any], log: list[str],
@@ -357,7 +357,8 @@ def teacher_section(t: TeacherScale, scale_name: str, found: dict[str, Any], log
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [TEACHER_SECTION[0], "## A teacher that knows more than the student's data (issue 18)", "",
              f"Measured by `benchmarks/paper/reproduce.py --given-teacher {scale_name}` on {when} "
-             f"({platform.machine()}, {_cores()} CPU cores shared with other jobs, no GPU; {seconds / 60:.0f} min).",
+             f"({platform.machine()}, {_cores()} CPU cores, no GPU; {seconds / 60:.0f} min for this invocation, "
+             "steps an earlier one finished are re-used).",
              "",
              f"- **Teacher**: `{t.teacher}` trained on {images} Fashion-MNIST training images for "
              f"{t.teacher_epochs} epoch{'s' if t.teacher_epochs > 1 else ''}: {100 * node['test_acc']:.2f} % on the 10,000 test images. Given to the "
@@ -381,7 +382,10 @@ def teacher_section(t: TeacherScale, scale_name: str, found: dict[str, Any], log
                    "loses to plain KD beyond seed noise" if d.excludes_zero else
                    "is not distinguishable from plain KD at this number of seeds")
         lines.append(f"- The searched graph {verdict}: {pp(d.mean)} pp, 95 % CI [{pp(d.low)}, {pp(d.high)}].")
-    lines += ["", "```", *log, "```", TEACHER_SECTION[1]]
+    storage, name = found["study"]
+    lines += ["", "What the search itself reported (its baselines and its confirmation stage, on the "
+              "validation split):", "", *confirmation_lines(storage, (name,)),
+              "", "```", *log, "```", TEACHER_SECTION[1]]
     return lines
 
 
