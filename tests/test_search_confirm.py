@@ -114,6 +114,11 @@ def test_an_interval_across_zero_claims_no_winner() -> None:
     winner = summarise(study_of(trials).get_trials(), SPEC).winner
     assert winner.trial == 0
     assert winner.verdict == "not distinguishable from training alone on 4 seeds"
+    # One confirmation seed: no interval at all (JSON has no infinity), and one seed said as such.
+    one = [*trials[:2], confirmation_trial(0, DML.graph, 1, 0.90), confirmation_trial(1, ALONE.graph, 1, 0.80)]
+    winner = summarise(study_of(one).get_trials(), SPEC).winner
+    assert winner.verdict == "not distinguishable from training alone on 1 seed"
+    assert winner.to_json()["vs_independent"]["ci"] == [None, None]
 
 
 def test_independent_is_confirmed_on_every_seed_when_the_search_never_trained_it() -> None:

@@ -30,9 +30,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 ALICE, BOB = "alice-page-token-4c1e", "bob-page-token-7d2a"
 STUDY = {"name": "digits-page", "nodes": "2", "trials": "4", "epochs": "3", "models": "resnet20"}
-# A rung at epoch 1 and 2, below the budget of 3; no confirmation stage (and, below, no
-# baselines): the study trains the trials the page's figures are checked against.
-ADVANCED = {"target_model": "resnet20", "grace_epochs": "1", "confirm_top": "0"}
+# A rung at epoch 1 and 2, below the budget of 3; the independent baseline (chosen below) and a
+# small confirmation stage: the best graph and independent, 2 more seeds each.
+ADVANCED = {"target_model": "resnet20", "grace_epochs": "1", "confirm_top": "1", "confirm_seeds": "2"}
 MS = 1000
 
 
@@ -129,7 +129,23 @@ def api_trials(client: httpx.Client, study_id: str) -> list[dict[str, Any]]:
 
 
 def counted(t: dict[str, Any]) -> bool:
-    return not t["interrupted"] and not t["skipped"]
+    """What counts in the budget (search.study.contract: UNCOUNTED), read off the API's fields."""
+    return not t["interrupted"] and not t["skipped"] and t["confirm_of"] is None
+
+
+def confirmation_text(c: dict[str, Any]) -> str:
+    """A confirmed graph's line on its card, from /best's ``confirmation``."""
+    seeds = len(c["per_seed"])
+    mean = f"mean {100 * c['val_acc_mean']:.2f} % over {seeds} seed{'' if seeds == 1 else 's'}"
+    d = c["vs_independent"]
+    if d is None:
+        return f"{mean} · {c['verdict']}"
+
+    def signed(x: float | None) -> str:
+        return "—" if x is None else f"{'+' if x >= 0 else ''}{100 * x:.2f}"
+
+    return (f"{mean} · Δ {signed(d['mean'])} pp vs independent, {round(100 * d['confidence'])}% CI "
+            f"[{signed(d['ci'][0])}, {signed(d['ci'][1])}] · {c['verdict']}")
 
 
 def best_steps(trials: list[dict[str, Any]]) -> list[str]:
@@ -179,11 +195,12 @@ def test_follow_a_study_to_the_end(tab: Tab, server: Server, tmp_path: Path) -> 
 
     fill(page, {**STUDY, "val_fraction": ""})
     fill(page, ADVANCED)
-    page.locator("#f-baselines").select_option("none")
+    page.locator("#f-baselines").select_option("independent")
     study_id = submit_study(page)
     alice = server.client({"Authorization": f"Bearer {ALICE}"})
     spec = status(alice, study_id)["spec"]
     assert spec["trials"] == 4 and spec["models"] == ["resnet20"] and spec["grace_epochs"] == 1
+    assert (spec["baselines"], spec["confirm_top"], spec["confirm_seeds"]) == ("independent", 1, 2)
     assert spec["gates"] == ["through", "cutoff", "linear", "correct"]  # the defaults the boxes showed
 
     # While it runs: sort by accuracy (keyboard) and scroll down; refreshes keep both.
@@ -238,13 +255,24 @@ def test_follow_a_study_to_the_end(tab: Tab, server: Server, tmp_path: Path) -> 
     # The best accuracy against trials finished: a point where it rose.
     assert page.locator("svg.best-chart circle title").all_text_contents() == best_steps(trials)
 
-    # The top graphs, drawn, each with its JSON and the command that re-trains it.
+    # The top graphs, drawn, each with its JSON and the command that re-trains it; the confirmed
+    # ones (independent among them) lead, with their mean over seeds and their margin.
     best = alice.get(f"/v1/studies/{study_id}/best", params={"k": 3}).json()["items"]
     cards = page.locator(".graph-card")
     assert cards.count() == len(best) >= 1
+    confirmed = [b for b in best if b["confirmation"]]
+    assert confirmed and best[:len(confirmed)] == confirmed
+    assert "independent" in [b["graph"]["meta"].get("baseline") for b in confirmed]
     for card, b in zip(cards.all(), best, strict=True):
-        assert card.locator("h3").inner_text().split("\n") == [f"#{b['rank']} · trial {b['trial']}",
-                                                               f"{b['val_acc'] * 100:.2f} %"]
+        baseline = b["graph"]["meta"].get("baseline")
+        assert card.locator("h3").inner_text().split("\n") == [
+            f"#{b['rank']} · trial {b['trial']}" + (f" · {baseline}" if baseline else ""), f"{b['val_acc'] * 100:.2f} %"]
+        line = card.locator("p.confirmation")
+        if b["confirmation"]:
+            assert line.inner_text() == confirmation_text(b["confirmation"])
+            assert len(b["confirmation"]["per_seed"]) == 3  # the study's seed and the 2 confirmation seeds
+        else:
+            assert line.count() == 0
         drawn = {int(n) for n in card.locator("svg.ktg-graph g.node").evaluate_all(
             "gs => gs.map(g => g.dataset.node)")}
         assert drawn == {0} | {n["id"] for n in b["graph"]["nodes"]}

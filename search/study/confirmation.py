@@ -138,10 +138,10 @@ class Confirmed:
         if d is None:
             return "no seed paired with independent"
         if not d.excludes_zero:
-            return f"not distinguishable from training alone on {d.n} seeds"
+            return f"not distinguishable from training alone on {_seeds(d.n)}"
         side = "above" if d.mean > 0 else "below"
         return (f"{side} training alone by {100 * d.mean:+.2f} pp "
-                f"({int(100 * CONFIDENCE)}% CI [{100 * d.low:+.2f}, {100 * d.high:+.2f}]) on {d.n} seeds")
+                f"({int(100 * CONFIDENCE)}% CI [{100 * d.low:+.2f}, {100 * d.high:+.2f}]) on {_seeds(d.n)}")
 
     def to_json(self) -> dict[str, Any]:
         d = self.vs_independent
@@ -153,6 +153,10 @@ class Confirmed:
                     "mean": d.mean, "ci": [_finite(d.low), _finite(d.high)], "confidence": CONFIDENCE,
                     "seeds": d.n, "excludes_zero": d.excludes_zero},
                 "verdict": self.verdict}
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'' if n == 1 else 's'}"
 
 
 def _finite(x: float) -> float | None:

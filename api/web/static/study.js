@@ -114,6 +114,18 @@ async function graphPicture(rank) {
   return picture;
 }
 
+// A confirmed graph's mean over its seeds and its margin over training alone (search.study.confirmation):
+// the interval always, the verdict in words, which claims no winner when the interval holds 0.
+function confirmationText(c) {
+  const seeds = Object.keys(c.per_seed).length;
+  const mean = `mean ${pct(c.val_acc_mean, 2)} over ${seeds} seed${seeds === 1 ? "" : "s"}`;
+  const d = c.vs_independent;
+  if (!d) return `${mean} · ${c.verdict}`;
+  const signed = (x) => (x === null ? "—" : `${x >= 0 ? "+" : ""}${(100 * x).toFixed(2)}`);
+  return `${mean} · Δ ${signed(d.mean)} pp vs independent, ${Math.round(100 * d.confidence)}% CI `
+    + `[${signed(d.ci[0])}, ${signed(d.ci[1])}] · ${c.verdict}`;
+}
+
 async function renderBest() {
   const best = await json(`/${ID}/best?k=${TOP_K}`);
   const key = JSON.stringify(best.items.map((b) => [b.rank, b.trial]));
@@ -125,8 +137,11 @@ async function renderBest() {
     const link = el("a", { href: `${document.body.dataset.api}/${ID}/best/${b.rank}.json`, download: file,
       text: "ktg-graph/1 JSON" });
     link.addEventListener("click", download);
+    const baseline = b.graph.meta && b.graph.meta.baseline;
     return el("article", { class: "card graph-card", "data-rank": b.rank },
-      el("h3", {}, `#${b.rank} · trial ${b.trial}`, el("span", { class: "acc", text: pct(b.val_acc, 2) })),
+      el("h3", {}, `#${b.rank} · trial ${b.trial}` + (baseline ? ` · ${baseline}` : ""),
+        el("span", { class: "acc", text: pct(b.val_acc, 2) })),
+      b.confirmation ? el("p", { class: "confirmation", text: confirmationText(b.confirmation) }) : null,
       el("figure", {}, picture),
       el("p", {}, link, " · re-train it:"),
       el("pre", {}, el("code", { text: trainCommand(status.spec, file) })));
