@@ -151,3 +151,35 @@ def test_bad_flags_are_one_line(tmp_path: Path) -> None:
         run = ktg("compare", alone, *extra, cwd=tmp_path)
         assert run.returncode == 2 and "Traceback" not in run.stderr
         assert run.stderr.count("\n") == 1 and field in run.stderr, run.stderr
+
+
+def test_names_of_one_graph_share_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph listed under two names (meta aside) trains once per seed, now or on resume."""
+    from ktg.data.spec import DataSpec
+    from ktg.recipe import Recipe
+    from search.compare import jobs as compare_jobs
+
+    trained: list[tuple[str, int]] = []
+    real_run_job = compare_jobs.run_job
+
+    def counting(job: compare_jobs.Job, setup: compare_jobs.CompareSetup, fingerprint: str) -> compare_jobs.JobResult:
+        trained.append((job.name, job.seed))
+        return real_run_job(job, setup, fingerprint)
+
+    monkeypatch.setattr(compare_jobs, "run_job", counting)
+    setup = compare_jobs.CompareSetup(DataSpec(name="digits", train_size=100), Recipe(epochs=1, warmup_steps=0),
+                                      cache_dir=str(tmp_path / "cache"))
+    alone = {"format": "ktg-graph/1", "nodes": [{"id": 1, "model": "resnet8"}], "edges": [{**CE, "target": 1}]}
+    winner = {**alone, "meta": {"baseline": "independent", "study": "s"}}
+    out = tmp_path / "cmp"
+    first = compare_jobs.run_jobs([compare_jobs.Job(n, g, s) for n, g in (("alone", alone), ("winner", winner))
+                                   for s in (0, 1)], setup, out)
+    assert sorted(trained) == [("alone", 0), ("alone", 1)]
+    by_name = {(r.name, r.seed): r.test_acc for r in first}
+    assert by_name["winner", 0] == by_name["alone", 0] and by_name["winner", 1] == by_name["alone", 1]
+    assert (out / "jobs" / "winner").is_dir()
+    # Resumed with a third name for the same graph: its numbers come from the file of another name.
+    trained.clear()
+    again = compare_jobs.run_jobs([compare_jobs.Job("third", winner, 1), compare_jobs.Job("alone", alone, 1)],
+                                  setup, out, resume=True)
+    assert trained == [] and again[0].test_acc == by_name["alone", 1] and again[0].name == "third"

@@ -6,7 +6,7 @@ in this process (``workers=1``) or as Ray tasks (``workers > 1`` on a local Ray,
 or on the cluster at ``ray_address``); frozen teachers are shared through the
 teacher cache. Each finished job is written to ``out/jobs/<name>/seed<S>.json``
 with a fingerprint of everything that determines it, so ``resume`` re-uses it
-and never trains it twice.
+and never trains it twice; two names whose jobs have one fingerprint share one run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,25 +135,42 @@ def run_jobs(jobs: Sequence[Job], setup: CompareSetup, out_dir: Path, *, workers
     """
     results: dict[tuple[str, int], JobResult] = {}
     todo: list[tuple[Job, str]] = []
+    # Names that train the same thing (a search's winner that is one of the hand-made graphs,
+    # say): the engine is deterministic, so one run gives every name its numbers.
+    same: dict[str, list[Job]] = {}
+    known: dict[str, JobResult] = {}
     for job in jobs:
         fingerprint = job.fingerprint(setup)
         reused = _reusable(out_dir, job, fingerprint) if resume else None
         if reused is not None:
+            known[fingerprint] = reused
             results[job.name, job.seed] = reused
             if on_result:
                 on_result(reused, True)
+        elif fingerprint in same:
+            same[fingerprint].append(job)
         else:
+            same[fingerprint] = [job]
             todo.append((job, fingerprint))
-    # The costliest jobs first, so that two workers end together (longest-processing-time order).
-    todo.sort(key=lambda item: -_cost(item[0]))
-    runner = _in_process if workers <= 1 and not ray_address else _on_ray
-    for result in runner(todo, setup, workers, ray_address) if todo else ():
+
+    def record(result: JobResult) -> None:
         path = job_path(out_dir, result.name, result.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(result.to_json(), indent=1) + "\n")  # a killed compare leaves no half file
         results[result.name, result.seed] = result
         if on_result:
             on_result(result, False)
+
+    for fingerprint in [fp for fp in same if fp in known]:  # trained before, under another name
+        for job in same.pop(fingerprint):
+            record(replace(known[fingerprint], name=job.name))
+    todo = [(job, fp) for job, fp in todo if fp in same]
+    # The costliest jobs first, so that two workers end together (longest-processing-time order).
+    todo.sort(key=lambda item: -_cost(item[0]))
+    runner = _in_process if workers <= 1 and not ray_address else _on_ray
+    for result in runner(todo, setup, workers, ray_address) if todo else ():
+        for job in same[result.fingerprint]:
+            record(replace(result, name=job.name))
     return [results[j.name, j.seed] for j in jobs]
 
 
