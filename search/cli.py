@@ -223,8 +223,10 @@ def run_search_command(args: argparse.Namespace) -> int:
     if not best:
         out.print("no trial reached the full budget yet; nothing to export")
         return 0
+    order = ("the confirmed graphs first, by their mean over seeds; then by one seed"
+             if confirmation_of(study) else "by one seed")
     out.print(_top_table(spec.name, [t for t in best if ranked(t)] or best,
-                         f"top graphs of {spec.name} (full-budget trials, one seed)"))
+                         f"top graphs of {spec.name} (full-budget trials; {order})"))
     show_study_figures(study, best)
     path = write_graphs(study, best[:1], options.out_dir, ["best"])[0]
     out.print(f"wrote {path} and {path.with_suffix('.svg')}  ({tally.complete} complete, "

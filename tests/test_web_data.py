@@ -112,6 +112,15 @@ def test_the_top_k_in_sql_is_the_rule_read_through_optuna(storage: RDBStorage) -
         lead = [expected[-1], expected[-2]]  # a confirmation stage's order wins over the values
         assert [t.number for t in top_trials(s, NAME, 4, first=lead)] == [*lead, *(n for n in expected if n not in lead)][:4]
 
+    # What a ranked trial carries: its graph, seed, epochs, and the baseline it is, if one.
+    study = optuna.create_study(study_name=f"{NAME}.attrs", storage=storage, direction="maximize")
+    for value, attrs in ((0.7, {TrialAttr.BASELINE: "kd:wrn16-2", TrialAttr.SEED: 0}), (0.8, {TrialAttr.EPOCHS: 3})):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, intermediate_values={3: value},
+                                     user_attrs={TrialAttr.GRAPH: GRAPH, "note": "not ranked", **attrs}))
+    with Session(storage.engine) as s:
+        assert [t.user_attrs for t in top_trials(s, f"{NAME}.attrs", 2)] == [
+            {"graph": GRAPH, "epochs_done": 3}, {"graph": GRAPH, "baseline": "kd:wrn16-2", "seed": 0}]
+
 
 @pytest.mark.parametrize("order", TRIAL_ORDERS)
 def test_trial_orders_match_optuna(storage: RDBStorage, order: str) -> None:

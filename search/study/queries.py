@@ -139,7 +139,7 @@ class RankedTrial:
     user_attrs: dict[str, Any]
 
 
-_RANKED_ATTRS = (TrialAttr.GRAPH, TrialAttr.SEED, TrialAttr.EPOCHS)
+_RANKED_ATTRS = (TrialAttr.GRAPH, TrialAttr.SEED, TrialAttr.EPOCHS, TrialAttr.BASELINE)
 
 
 def top_trials(session: Session, study_name: str, k: int, first: Sequence[int] = ()) -> list[RankedTrial]:
