@@ -317,10 +317,13 @@ def teacher_setting(t: TeacherScale, storage: str, out: Path, log: list[str]) ->
     (folder / "graphs").mkdir(parents=True, exist_ok=True)
     (folder / "graphs" / "teacher.json").write_text(json.dumps(alone, indent=1))
     teacher_out = folder / "teacher"
-    if not (teacher_out / "node1.pt").exists():
-        ktg(["train", "--graph", str(folder / "graphs" / "teacher.json"), "--dataset", DATASET,
+    train = ["train", "--graph", str(folder / "graphs" / "teacher.json"), "--dataset", DATASET,
              "--epochs", str(t.teacher_epochs), "--out", str(teacher_out),
-             *(["--train-size", str(t.teacher_train_size)] if t.teacher_train_size else [])], log)
+             *(["--train-size", str(t.teacher_train_size)] if t.teacher_train_size else [])]
+    if (teacher_out / "node1.pt").exists():
+        log.append(f"ktg {shlex.join(train)}  # re-used: trained by an earlier invocation")
+    else:
+        ktg(train, log)
     checkpoint = str((teacher_out / "node1.pt").relative_to(ROOT) if teacher_out.is_relative_to(ROOT)
                      else teacher_out / "node1.pt")
     flag = f"{t.teacher}-more={t.teacher}:{checkpoint}"
@@ -387,10 +390,12 @@ def teacher_section(t: TeacherScale, scale_name: str, found: dict[str, Any], log
     if d is None:
         lines.append("- searched vs plain KD: no paired result (a job failed).")
     else:
-        verdict = ("beats plain KD beyond seed noise" if d.excludes_zero and d.low > 0 else
+        verdict = ("is plain KD itself (the same graph, so the same numbers seed by seed)" if d.low == d.high == 0 else
+                   "beats plain KD beyond seed noise" if d.excludes_zero and d.low > 0 else
                    "loses to plain KD beyond seed noise" if d.excludes_zero else
                    "is not distinguishable from plain KD at this number of seeds")
-        lines.append(f"- The searched graph {verdict}: {pp(d.mean)} pp, 95 % CI [{pp(d.low)}, {pp(d.high)}].")
+        lines.append(f"- The searched graph {verdict}: {pp(d.mean)} pp against plain KD, 95 % CI "
+                     f"[{pp(d.low)}, {pp(d.high)}].")
     storage, name = found["study"]
     lines += ["", "What the search itself reported (its baselines and its confirmation stage, on the "
               "validation split):", "", *confirmation_lines(storage, (name,)),
@@ -567,8 +572,13 @@ def write_page(s: Scale, smoke: bool, storage: str, report: dict[str, Any], top_
 
 
 def confirmation_lines(storage: str, names: tuple[str, ...]) -> list[str]:
-    """Per study: where the baselines ranked on one seed, and the confirmed winner with its margin."""
+    """Per study: where the baselines ranked on one seed, how well its rungs ranked, and the
+    confirmed winner with its margin."""
     import optuna
+
+    from search.study.contract import STUDY_ATTR_RUNG_SPEARMAN
+    from search.study.rungs import correlations_from_json
+    from search.study.rungs import describe as describe_rungs
 
     lines = []
     for name in names:
@@ -579,6 +589,8 @@ def confirmation_lines(storage: str, names: tuple[str, ...]) -> list[str]:
         winner = (confirmed.get("graphs") or [None])[0]
         lines.append(f"- `{name}`: baselines' ranks among {len(single)} full-budget trials (one seed): "
                      f"{', '.join(ranks) or 'none trained'}.")
+        rungs = describe_rungs(correlations_from_json(study.user_attrs.get(STUDY_ATTR_RUNG_SPEARMAN)))
+        lines += [f"  ASHA's {line}." for line in rungs]
         if winner is not None:
             changed = single and winner["trial"] != single[0].number
             lines.append(f"  Confirmed winner: trial {winner['trial']} ({winner['baseline'] or 'searched'}), mean "
