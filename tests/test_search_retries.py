@@ -137,11 +137,13 @@ def test_the_killed_trial_resumes_from_its_checkpoint_as_if_never_stopped(killed
     assert trial.user_attrs["retries"] == 1
     assert "error" not in trial.user_attrs
     assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1)) and trial.user_attrs["epochs_done"] == EPOCHS
-    # Tune restarted it from its checkpoint, not from scratch: epoch 1 ran once, at most one epoch twice.
-    # (Tune's own result.json can miss lines of the run before the restart, seen once after the
-    # merges of this round: the study above holds every epoch, and the numbers below are exact.)
+    # Tune restarted it from its checkpoint, not from scratch: in Tune's log of the trial epoch 1
+    # appears once, at most one epoch twice. Tune's result.json sometimes keeps only the run after
+    # the restart (seen twice, e.g. [3, 4, 5, 6, 7, 8]); then that run starts past epoch 1.
+    # The study above holds every epoch, and the numbers below are exact.
     epochs = result_epochs(killed_search.out, 0)
-    assert epochs.count(1) == 1 and max(epochs) == EPOCHS and len(epochs) <= EPOCHS + 1, epochs
+    assert epochs[0] > 1 or epochs.count(1) == 1, epochs
+    assert max(epochs) == EPOCHS and len(epochs) <= EPOCHS + 1, epochs
     # The same numbers as an uninterrupted run of its graph (one thread, as the trial ran).
     spec = SearchSpec.model_validate(killed_search.study.user_attrs[STUDY_ATTR_SPEC])
     threads = torch.get_num_threads()

@@ -128,7 +128,8 @@ function confirmationText(c) {
 
 async function renderBest() {
   const best = await json(`/${ID}/best?k=${TOP_K}`);
-  const key = JSON.stringify(best.items.map((b) => [b.rank, b.trial]));
+  // Redrawn only when a card changes: its trial, or its confirmation (which lands after the search).
+  const key = JSON.stringify(best.items.map((b) => [b.rank, b.trial, b.confirmation]));
   if (key === bestKey) return;
   const cards = await Promise.all(best.items.map(async (b) => {
     const file = `${status.name}-${b.rank}.json`;
