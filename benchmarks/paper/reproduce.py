@@ -297,10 +297,9 @@ TEACHER_SCALES = {
     # The protocol (about 3 h on 2 idle cores).
     "full": TeacherScale("resnet20", None, 3, 1000, 60, 5, 24, "wrn16-1", "resnet8,wrn16-1"),
     # The teacher, student, epochs and test seeds, with a smaller search and confirmation
-    # stage, and DML left out of the test comparison (the search trains both DML baselines on
-    # validation): about 1.5 h on 2 idle cores, what one working session can spare.
+    # stage: about 1.5 h on 2 idle cores, what one working session can spare.
     "session": TeacherScale("resnet20", None, 3, 1000, 60, 5, 20, "wrn16-1", "resnet8,wrn16-1",
-                            confirm_top=2, confirm_seeds=2, compare_dml=False),
+                            confirm_top=2, confirm_seeds=2),
     "smoke": TeacherScale("resnet8", 200, 1, 100, 2, 2, 2, "resnet8", "resnet8"),
 }
 TEACHER_SECTION = ("<!-- given-teacher:begin -->", "<!-- given-teacher:end -->")
