@@ -138,7 +138,7 @@ def confirmation_text(c: dict[str, Any]) -> str:
     seeds = len(c["per_seed"])
     mean = f"mean {100 * c['val_acc_mean']:.2f} % over {seeds} seed{'' if seeds == 1 else 's'}"
     d = c["vs_independent"]
-    if d is None:
+    if d is None or d["excludes_zero"]:  # the verdict itself gives the interval when it excludes 0
         return f"{mean} · {c['verdict']}"
 
     def signed(x: float | None) -> str:

@@ -290,7 +290,6 @@ class TeacherScale:
     peers: str
     confirm_top: int = 3  # the search's confirmation stage (its defaults)
     confirm_seeds: int = 3
-    compare_dml: bool = True  # DML-2 among the test comparison's rows
 
 
 TEACHER_SCALES = {
@@ -343,8 +342,6 @@ def teacher_setting(t: TeacherScale, storage: str, out: Path, log: list[str]) ->
                       "edges": [{**ce, "target": 1}, {**ce, "target": 2},
                                 {"source": 2, "target": 1, "loss": "kl", "gate": "through"},
                                 {"source": 1, "target": 2, "loss": "kl", "gate": "through"}]}}
-    if not t.compare_dml:
-        del hand["dml-2"]
     graphs = {}
     for row, body in hand.items():
         graphs[row] = folder / "graphs" / f"{row}.json"

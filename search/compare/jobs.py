@@ -134,11 +134,10 @@ def run_jobs(jobs: Sequence[Job], setup: CompareSetup, out_dir: Path, *, workers
     ``on_result(result, reused)`` is called as each job finishes.
     """
     results: dict[tuple[str, int], JobResult] = {}
-    todo: list[tuple[Job, str]] = []
     # Names that train the same thing (a search's winner that is one of the hand-made graphs,
     # say): the engine is deterministic, so one run gives every name its numbers.
-    same: dict[str, list[Job]] = {}
-    known: dict[str, JobResult] = {}
+    waiting: dict[str, list[Job]] = {}  # fingerprint -> its jobs without a result yet
+    known: dict[str, JobResult] = {}  # fingerprint -> a result re-used from disk
     for job in jobs:
         fingerprint = job.fingerprint(setup)
         reused = _reusable(out_dir, job, fingerprint) if resume else None
@@ -147,30 +146,31 @@ def run_jobs(jobs: Sequence[Job], setup: CompareSetup, out_dir: Path, *, workers
             results[job.name, job.seed] = reused
             if on_result:
                 on_result(reused, True)
-        elif fingerprint in same:
-            same[fingerprint].append(job)
         else:
-            same[fingerprint] = [job]
-            todo.append((job, fingerprint))
+            waiting.setdefault(fingerprint, []).append(job)
 
     def record(result: JobResult) -> None:
-        path = job_path(out_dir, result.name, result.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(result.to_json(), indent=1) + "\n")  # a killed compare leaves no half file
-        results[result.name, result.seed] = result
-        if on_result:
-            on_result(result, False)
+        """``result`` for every job waiting on its fingerprint, each under its own name."""
+        for job in waiting[result.fingerprint]:
+            named = replace(result, name=job.name)
+            path = job_path(out_dir, named.name, named.seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(named.to_json(), indent=1) + "\n")  # a killed compare leaves no half file
+            results[named.name, named.seed] = named
+            if on_result:
+                on_result(named, False)
 
-    for fingerprint in [fp for fp in same if fp in known]:  # trained before, under another name
-        for job in same.pop(fingerprint):
-            record(replace(known[fingerprint], name=job.name))
-    todo = [(job, fp) for job, fp in todo if fp in same]
+    todo = []
+    for fingerprint, jobs_of_it in waiting.items():
+        if fingerprint in known:  # trained before, under another name
+            record(known[fingerprint])
+        else:
+            todo.append((jobs_of_it[0], fingerprint))
     # The costliest jobs first, so that two workers end together (longest-processing-time order).
     todo.sort(key=lambda item: -_cost(item[0]))
     runner = _in_process if workers <= 1 and not ray_address else _on_ray
     for result in runner(todo, setup, workers, ray_address) if todo else ():
-        for job in same[result.fingerprint]:
-            record(replace(result, name=job.name))
+        record(result)
     return [results[j.name, j.seed] for j in jobs]
 
 

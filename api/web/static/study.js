@@ -115,12 +115,13 @@ async function graphPicture(rank) {
 }
 
 // A confirmed graph's mean over its seeds and its margin over training alone (search.study.confirmation):
-// the interval always, the verdict in words, which claims no winner when the interval holds 0.
+// the verdict in words, which gives the interval where it excludes 0 and else claims no winner,
+// so the interval is added to it only then.
 function confirmationText(c) {
   const seeds = Object.keys(c.per_seed).length;
   const mean = `mean ${pct(c.val_acc_mean, 2)} over ${seeds} seed${seeds === 1 ? "" : "s"}`;
   const d = c.vs_independent;
-  if (!d) return `${mean} · ${c.verdict}`;
+  if (!d || d.excludes_zero) return `${mean} · ${c.verdict}`;
   const signed = (x) => (x === null ? "—" : `${x >= 0 ? "+" : ""}${(100 * x).toFixed(2)}`);
   return `${mean} · Δ ${signed(d.mean)} pp vs independent, ${Math.round(100 * d.confidence)}% CI `
     + `[${signed(d.ci[0])}, ${signed(d.ci[1])}] · ${c.verdict}`;
